@@ -114,7 +114,7 @@ def _prepare_state(step_dir: Path, params) -> None:
     write_json(params_file, {"fingerprint": fingerprint, "params": params})
 
 
-def _run_one(block: Block, step: Callable[[Block], Any], marker: str):
+def _run_one(block: Block, marker: str, step: Callable[[Block], Any]):
     """The task body: run ``step`` on ``block`` unless done, then record it durably."""
     if os.path.exists(marker):
         # A retried or duplicated task (a worker died after finishing) does no work twice.
@@ -188,7 +188,7 @@ def run_blockwise(
             for block in pending:
                 for attempt in range(retries + 1):
                     try:
-                        _run_one(block, step, markers[block.id])
+                        _run_one(block, markers[block.id], step)
                         break
                     except PipelineError:
                         raise
@@ -216,8 +216,8 @@ def _run_distributed(client, step, pending, markers, name, retries, bar, wave: i
         futures = client.map(
             _run_one,
             batch,
+            [markers[b.id] for b in batch],
             step=step,
-            marker=[markers[b.id] for b in batch],
             key=[f"{name}-{b.id}" for b in batch],
             retries=retries,
             pure=False,
@@ -232,6 +232,7 @@ def _run_distributed(client, step, pending, markers, name, retries, bar, wave: i
         try:
             future.result()
         except (Exception, CancelledError) as exc:
+            client.cancel(list(running.futures))
             running.clear()
             if isinstance(exc, PipelineError):
                 raise
