@@ -61,14 +61,14 @@ class Channel:
     role : str
         One of :data:`ROLES`.
     color : str, optional
-        Display colour as six hex digits.
+        Display colour as six hex digits; by default one from a palette by channel index.
     window : tuple of float, optional
         Display window ``(start, end)``.
     """
 
     name: str
     role: str
-    color: str = "FFFFFF"
+    color: str | None = None
     window: tuple[float, float] | None = None
 
     def __post_init__(self):
@@ -217,7 +217,7 @@ class Volume:
             start, end = ch.window if ch.window is not None else (lo, hi)
             omero_channels.append({
                 "label": ch.name,
-                "color": ch.color if ch.color != "FFFFFF" or i == 0 else _DEFAULT_COLORS[i % len(_DEFAULT_COLORS)],
+                "color": ch.color or _DEFAULT_COLORS[i % len(_DEFAULT_COLORS)],
                 "active": True,
                 "window": {"start": float(start), "end": float(end), "min": lo, "max": hi},
             })
@@ -301,7 +301,7 @@ class Volume:
             o = omero.get(name, {})
             w = o.get("window")
             channels.append(Channel(
-                name=name, role=role, color=o.get("color", "FFFFFF"),
+                name=name, role=role, color=o.get("color"),
                 window=(w["start"], w["end"]) if w else None,
             ))
         names = [c.name for c in channels]
@@ -408,7 +408,7 @@ class Volume:
         """Level 0 of the label image ``labels/<name>``."""
         if name not in self.label_names():
             raise VolumeError(f"{self.path}: no label image {name!r}; it has {self.label_names()}")
-        return open_label_image(self.path / "labels", name)
+        return open_label_image(self.path / "labels", name, mode="r" if self.group.read_only else "r+")
 
     def write_pyramid(self) -> None:
         """Fill levels 1.. by block means of level 0, streamed with Dask."""
@@ -468,9 +468,9 @@ def create_label_image(
     return array
 
 
-def open_label_image(labels_dir, name) -> zarr.Array:
+def open_label_image(labels_dir, name, mode: str = "r+") -> zarr.Array:
     """Level 0 of the image-label ``labels_dir/name``; a clear error when missing."""
     path = Path(labels_dir) / name
     if not (path / "0").exists():
         raise VolumeError(f"{path}: no such label image")
-    return zarr.open_array(str(path / "0"), mode="r+")
+    return zarr.open_array(str(path / "0"), mode=mode)
