@@ -1,0 +1,196 @@
+"""Mixture posteriors, barcode calls and cell types on hand-made neuron tables."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from graph.annotate import (
+    BarcodeConfig,
+    CellTypeConfig,
+    MixtureConfig,
+    annotate_neurons,
+    assign_cell_types,
+    call_barcodes,
+    fit_mixture,
+    kmeans,
+    mixture_posterior,
+)
+from pipeline.config import validate_config
+from pipeline.errors import ConfigError, InputError
+from pipeline.volume import Channel
+
+
+def test_mixture_posterior_on_bimodal_data():
+    rng = np.random.default_rng(0)
+    low = np.exp(rng.normal(np.log(200), 0.2, 300))
+    high = np.exp(rng.normal(np.log(2000), 0.4, 100))  # broader high component
+    values = np.r_[low, high]
+    fit = fit_mixture(values)
+    assert fit.bimodal
+    assert np.exp(fit.means[0]) == pytest.approx(200, rel=0.1)
+    assert np.exp(fit.means[1]) == pytest.approx(2000, rel=0.1)
+    assert fit.weights[1] == pytest.approx(0.25, abs=0.05)
+    p = mixture_posterior(fit, values)
+    assert np.mean(p[:300] < 0.5) > 0.98 and np.mean(p[300:] > 0.5) > 0.97
+    # monotone in intensity, including the far tails
+    grid = np.geomspace(1, 1e6, 400)
+    pg = mixture_posterior(fit, grid)
+    assert np.all(np.diff(pg) >= -1e-12)
+    assert pg[0] < 1e-6 and pg[-1] > 1 - 1e-6
+
+
+def test_mixture_unimodal_and_tiny_inputs():
+    rng = np.random.default_rng(1)
+    fit = fit_mixture(np.exp(rng.normal(5, 0.1, 200)))
+    assert not fit.bimodal
+    assert np.all(mixture_posterior(fit, [1.0, 1e9]) == 0.0)
+    fit = fit_mixture([100, 101, 102, 100, 103], config=MixtureConfig(unimodal_call="high"))
+    assert not fit.bimodal and np.all(mixture_posterior(fit, [5.0]) == 1.0)
+    assert not fit_mixture([10.0, 1000.0]).bimodal  # fewer than min_neurons
+    assert not fit_mixture(np.full(10, 7.0)).bimodal
+    # few neurons, clearly two groups
+    fit = fit_mixture([100, 110, 95, 1500, 1700])
+    assert fit.bimodal
+    assert (mixture_posterior(fit, [100, 110, 95, 1500, 1700]) > 0.5).tolist() == [0, 0, 0, 1, 1]
+
+
+def _barcoded_neurons(n=40, k=6, seed=0):
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(0, 2, (n, k))
+    codes[0] = 0  # an all-off code
+    codes[1] = codes[2]  # a shared code
+    brightness = rng.uniform(0.6, 1.5, n)[:, None]  # per-neuron level
+    values = np.where(codes, 3000.0, 150.0) * brightness * rng.uniform(0.9, 1.1, (n, k))
+    neurons = pd.DataFrame({"neuron_id": np.arange(1, n + 1, dtype=np.uint64),
+                            "size_voxels": rng.integers(100, 5000, n)})
+    names = [f"bc{i:02d}" for i in range(k)]
+    for i, name in enumerate(names):
+        neurons[f"mean_{name}"] = values[:, i]
+    truth = ["".join(map(str, row)) for row in codes]
+    return neurons, names, truth
+
+
+@pytest.mark.parametrize("config", [BarcodeConfig(), BarcodeConfig(normalize="max", confidence="min"),
+                                    BarcodeConfig(mixture=MixtureConfig(weight_by_size=True))])
+def test_barcode_call_exact_on_clean_neurons(config):
+    neurons, names, truth = _barcoded_neurons()
+    out = call_barcodes(neurons, names, config)
+    if config.normalize == "max":  # an all-off code is undefined after max-normalisation
+        some_on = [t != "000000" for t in truth]
+        assert out["barcode"][some_on].tolist() == [t for t, s in zip(truth, some_on) if s]
+    else:
+        assert out["barcode"].tolist() == truth
+    assert out["barcode_confidence"].between(0, 1).all()
+    assert out["barcode_confidence"].median() > 0.9
+    assert out["barcode_shared"].iloc[1] and out["barcode_shared"].iloc[2]
+    assert out["barcode_shared"].sum() == pd.Series(out["barcode"]).duplicated(keep=False).sum()
+    assert {f"p_{c}" for c in names} <= set(out.columns)
+    assert "barcode" not in neurons.columns  # input untouched
+
+
+def test_annotated_table_survives_parquet(tmp_path):
+    neurons, names, truth = _barcoded_neurons(n=12, k=4)
+    neurons.attrs["background"] = {n: 100.0 for n in names}
+    out = call_barcodes(neurons, names)
+    out.to_parquet(tmp_path / "neurons.parquet")  # attrs (fits, background) must be JSON-able
+    back = pd.read_parquet(tmp_path / "neurons.parquet")
+    assert back["barcode"].tolist() == out["barcode"].tolist()
+    assert set(back.attrs["barcode_fits"]) == set(names)
+
+
+def test_barcode_missing_channel_column():
+    neurons, names, _ = _barcoded_neurons(n=5)
+    with pytest.raises(InputError, match="bc99"):
+        call_barcodes(neurons, names + ["bc99"])
+
+
+def _typed_neurons():
+    # vglut, vgat, pv means for hand-picked neurons
+    table = [
+        ("excitatory", 2000, 100, 90),
+        ("excitatory", 1800, 120, 110),
+        ("excitatory", 2500, 90, 100),
+        ("inhibitory", 110, 2100, 100),
+        ("inhibitory", 90, 1900, 130),
+        ("pv", 100, 2000, 1800),
+        ("pv", 120, 2300, 2200),
+        ("pv", 95, 1700, 1600),
+        ("none", 100, 110, 105),
+    ]
+    frame = pd.DataFrame(table, columns=["truth", "mean_vglut", "mean_vgat", "mean_pv"])
+    frame.insert(0, "neuron_id", np.arange(1, len(frame) + 1, dtype=np.uint64))
+    return frame
+
+
+RULES = {
+    "rules": [
+        {"type": "pv", "require": {"vgat": "high", "pv": "high"}},
+        {"type": "inhibitory", "require": {"vgat": "high"}},
+        {"type": "excitatory", "require": {"vglut": "high"}},
+    ],
+    "default": "unknown",
+}
+
+
+def test_cell_type_rules_first_match_wins():
+    neurons = _typed_neurons()
+    out = assign_cell_types(neurons, ["vglut", "vgat", "pv"], RULES)
+    expected = neurons["truth"].replace({"none": "unknown"}).tolist()
+    assert out["cell_type"].tolist() == expected
+    assert out["cell_type_confidence"].between(0, 1).all()
+    assert out["cell_type_confidence"].iloc[:8].min() > 0.9
+    # the config class and the YAML-style dict agree
+    config = validate_config(CellTypeConfig, RULES)
+    assert assign_cell_types(neurons, ["vglut", "vgat", "pv"], config)["cell_type"].tolist() == expected
+
+
+def test_cell_type_low_requirement_and_default():
+    neurons = _typed_neurons()
+    rules = {"rules": [{"type": "vgat_only", "require": {"vgat": "high", "pv": "low"}}], "default": "other"}
+    out = assign_cell_types(neurons, ["vglut", "vgat", "pv"], rules)
+    assert out["cell_type"].tolist() == ["other"] * 3 + ["vgat_only"] * 2 + ["other"] * 4
+
+
+def test_bad_rule_marker_is_a_config_error():
+    neurons = _typed_neurons()
+    rules = {"rules": [{"type": "sst", "require": {"sst": "high"}}]}
+    with pytest.raises(ConfigError, match=r"'sst'.*\['vglut', 'vgat', 'pv'\]"):
+        assign_cell_types(neurons, ["vglut", "vgat", "pv"], rules)
+    with pytest.raises(ConfigError, match="require"):
+        assign_cell_types(neurons, ["vglut"], {"rules": [{"type": "x", "require": {"vglut": "medium"}}]})
+
+
+def test_clustering_without_rules():
+    rng = np.random.default_rng(2)
+    neurons = pd.concat([_typed_neurons().iloc[:8]] * 4, ignore_index=True)
+    for c in ("mean_vglut", "mean_vgat", "mean_pv"):
+        neurons[c] = neurons[c] * rng.uniform(0.9, 1.1, len(neurons))
+    out = assign_cell_types(neurons, ["vglut", "vgat", "pv"])
+    groups = out.groupby("truth")["cell_type"].agg(lambda s: set(s))
+    assert all(len(g) == 1 for g in groups)  # each true type is one cluster
+    assert len(set.union(*groups)) == 3
+    assert set(out["cell_type"]) == {"cluster_0", "cluster_1", "cluster_2"}
+    assert out["cell_type_confidence"].between(0, 1).all()
+    again = assign_cell_types(neurons, ["vglut", "vgat", "pv"])
+    assert again["cell_type"].tolist() == out["cell_type"].tolist()
+    fixed = assign_cell_types(neurons, ["vglut", "vgat", "pv"], CellTypeConfig(n_clusters=2))
+    assert fixed["cell_type"].nunique() == 2
+
+
+def test_kmeans_separates_blobs():
+    rng = np.random.default_rng(0)
+    x = np.r_[rng.normal(0, 0.1, (20, 2)), rng.normal(5, 0.1, (20, 2))]
+    labels, centers, _ = kmeans(x, 2, seed=0)
+    assert len(set(labels[:20])) == 1 and len(set(labels[20:])) == 1 and labels[0] != labels[-1]
+
+
+def test_annotate_neurons_by_role():
+    neurons, names, truth = _barcoded_neurons(n=30, k=4)
+    typed = _typed_neurons()
+    neurons = neurons.iloc[:9].copy()
+    for c in ("mean_vglut", "mean_vgat", "mean_pv"):
+        neurons[c] = typed[c].to_numpy()
+    channels = [Channel(n, "barcode") for n in names] + [Channel(m, "marker") for m in ("vglut", "vgat", "pv")]
+    out = annotate_neurons(neurons, channels, cell_types=RULES)
+    assert out["cell_type"].tolist()[:8] == typed["truth"].tolist()[:8]
+    assert out["barcode"].str.len().eq(4).all()
