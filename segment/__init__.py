@@ -1,0 +1,280 @@
+"""Neuron segmentation: fill + barcodes (+ membrane) -> a uint64 neuron label image.
+
+:func:`segment_volume` runs, blockwise on the configured executor:
+
+1. global statistics: robust per-channel percentiles and the foreground
+   threshold from a sample of the whole volume (every block uses them);
+2. fragments: per block, on the read region (write region + halo), a boundary
+   map combining inverted fill, barcode discontinuity and membrane, seeds from
+   h-maxima of the distance transform of the foreground interior, seeded
+   watershed; the write region is kept with block-unique ids
+   (``RUN/work/fragments``; smoothed fill and barcode discontinuity in
+   ``RUN/work/evidence``);
+3. region adjacency graph: contacts between fragments inside blocks and
+   across block faces, with the fill and discontinuity along each contact;
+4. global agglomeration with barcode agreement and conflict rules
+   (:mod:`segment.agglomerate`) -> fragment -> neuron lookup table;
+5. relabel: ``RUN/labels.zarr/neurons``, consecutive ids ``1..N`` in raster
+   order of each neuron's first voxel, 0 = background.
+
+Every pass records finished blocks, so a killed run resumes; a rerun gives
+identical output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import shutil
+import time
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from pipeline import BlockGrid, ConfigError, Executor, Volume, VolumeError, resolve_device, run_blockwise
+from pipeline.storage import write_json
+from pipeline.volume import create_label_image, open_label_image
+
+from . import kernels
+from .agglomerate import EdgeTable, FragmentTable, agglomerate, proximity_links
+from .blockwise import (
+    EVIDENCE_CHANNELS,
+    FragmentPlan,
+    edges_step,
+    fragments_step,
+    global_statistics,
+    relabel_step,
+    sample_codebook,
+)
+from .config import SegmentConfig
+
+__all__ = ["SegmentConfig", "segment_volume", "make_plan", "kernels"]
+
+log = logging.getLogger(__name__)
+
+_STEPS = ("segment_fragments", "segment_edges", "segment_relabel")
+
+
+def make_plan(volume: Volume, config: SegmentConfig, stats: dict) -> FragmentPlan:
+    """The per-block parameters for ``volume`` under ``config`` and global ``stats``."""
+    fill = tuple(volume.channels_with_role("fill", required=True))
+    barcodes = tuple(volume.channels_with_role("barcode")) if config.use_barcodes else ()
+    membrane = tuple(volume.channels_with_role("membrane"))
+    finest = min(volume.voxel_size)
+    return FragmentPlan(
+        fill=fill, barcodes=barcodes, membrane=membrane,
+        lo={c: stats["lo"][c] for c in fill + barcodes + membrane},
+        hi={c: stats["hi"][c] for c in fill + barcodes + membrane},
+        threshold=float(stats["threshold"]),
+        sigma=config.sigma_voxels(volume.voxel_size, "sigma"),
+        barcode_sigma=config.sigma_voxels(volume.voxel_size, "barcode_sigma"),
+        sampling=tuple(v / finest for v in volume.voxel_size),
+        barcode_weight=config.barcode_weight if barcodes else 0.0,
+        barcode_floor=config.barcode_floor,
+        psf_sigma=config.sigma_voxels(volume.voxel_size, "psf_sigma"),
+        deconvolution_iterations=config.deconvolution_iterations,
+        membrane_weight=config.membrane_weight,
+        fill_weight=config.fill_weight,
+        seed_method=config.seed_method,
+        seed_min_size=config.seed_min_size,
+        code_alpha=config.code_alpha,
+        code_floor=config.code_floor,
+        seed_h=config.seed_h,
+        seed_min_distance=config.seed_min_distance,
+        seed_barcode_cut=config.seed_barcode_cut,
+    )
+
+
+def _ensure_array(path: Path, shape, chunks, dtype, stale_state: list[Path]) -> str:
+    """Open the work array at ``path`` if it matches, else create it and drop ``stale_state``."""
+    if path.exists():
+        try:
+            arr = zarr.open_array(str(path), mode="r+")
+            if tuple(arr.shape) == tuple(shape) and tuple(arr.chunks) == tuple(chunks) and arr.dtype == np.dtype(dtype):
+                return str(path)
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            pass
+        shutil.rmtree(path)
+    for state in stale_state:
+        if state.exists():
+            shutil.rmtree(state)
+    zarr.create_array(str(path), shape=tuple(shape), chunks=tuple(chunks), dtype=dtype, fill_value=0,
+                      dimension_names=("c", "z", "y", "x")[-len(shape):])
+    return str(path)
+
+
+def _digest(*arrays) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:16]
+
+
+def segment_volume(volume: Volume, run_dir, config: SegmentConfig | None = None, *, grid: BlockGrid,
+                   executor: Executor | None = None, device: str = "cpu", progress: bool = False) -> dict:
+    """Segment the neurons of ``volume`` into ``run_dir/labels.zarr/neurons``.
+
+    Parameters
+    ----------
+    volume : Volume
+        Needs a ``fill`` channel; ``barcode`` and ``membrane`` channels are used when present.
+    run_dir : path
+        The run directory (see CONTRACTS.md); intermediates go to ``run_dir/work``.
+    config : SegmentConfig, optional
+    grid : BlockGrid
+        Gives the block shape and chunks; its halo is replaced by ``config.halo``
+        (grown, if needed, so the local kernels are exact in each write region).
+    executor : Executor, optional
+        Defaults to synchronous, in-process execution.
+    device : {"cpu", "gpu", "auto"}
+        Where the block kernels run (see :mod:`segment.kernels` for the CPU fallbacks).
+    progress : bool
+        Show progress bars.
+
+    Returns
+    -------
+    dict
+        ``n_fragments``, ``n_edges``, ``n_neurons``, ``threshold``, ``timings``
+        (seconds per phase), ``agglomeration`` (merge counts), ``labels_path``.
+
+    Raises
+    ------
+    pipeline.MissingChannelError
+        When the volume has no channel with role ``fill``.
+    pipeline.ConfigError
+        When ``grid`` does not match the volume.
+    """
+    config = config or SegmentConfig()
+    run_dir = Path(run_dir)
+    (run_dir / "work").mkdir(parents=True, exist_ok=True)
+    timings = {}
+    t0 = time.perf_counter()
+    fill = volume.channels_with_role("fill", required=True)
+    if tuple(grid.shape) != tuple(volume.spatial_shape):
+        raise ConfigError(f"block grid shape {grid.shape} does not match the volume's spatial shape "
+                          f"{volume.spatial_shape} ({volume.path})")
+    device = resolve_device(device)
+    barcodes = volume.channels_with_role("barcode") if config.use_barcodes else []
+    membrane = volume.channels_with_role("membrane")
+    if config.use_barcodes and not barcodes:
+        log.warning("%s has no barcode channels: segmenting from the fill alone", volume.path)
+
+    stats = global_statistics(
+        volume, list(fill) + list(barcodes) + list(membrane), fill,
+        percentiles=config.norm_percentiles, sigma=config.sigma_voxels(volume.voxel_size),
+        max_voxels=config.sample_voxels, threshold_method=config.threshold_method,
+        threshold=config.threshold, threshold_scale=config.threshold_scale,
+    )
+    plan = make_plan(volume, config, stats)
+    timings["statistics"] = time.perf_counter() - t0
+    codebook = None
+    if plan.barcodes and config.barcode_method == "codebook":
+        t = time.perf_counter()
+        codebook = sample_codebook(
+            volume, plan, max_voxels=config.sample_voxels,
+            pure_discontinuity=config.code_pure_discontinuity, min_brightness=config.code_min_brightness,
+            min_gap=config.code_min_gap, min_support=config.code_min_support,
+            merge_distance=config.code_merge_distance,
+        )
+        if codebook.n_identities:
+            plan = dataclasses.replace(
+                plan, centroids=tuple(tuple(float(v) for v in row) for row in codebook.centroids),
+                identity=tuple(int(i) for i in codebook.identity), despeckle_size=config.despeckle_size,
+            )
+        else:
+            log.warning("%s: no barcode code found; using greedy agglomeration", volume.path)
+        write_json(run_dir / "work" / "codebook.json", codebook.to_dict())
+        timings["codebook"] = time.perf_counter() - t
+
+    need = kernels.context_radius(plan.sigma, plan.barcode_sigma if plan.barcodes else None)
+    halo = tuple(max(h, n) for h, n in zip(config.halo, need))
+    hgrid = BlockGrid(volume.spatial_shape, grid.block_shape, halo=halo, chunks=grid.chunks)
+    blocks = list(hgrid)
+    work = run_dir / "work"
+    state = work / "blocks"
+    shape, chunks = volume.spatial_shape, volume.chunks
+    frag_path = _ensure_array(work / "fragments", shape, chunks, "uint64", [state / s for s in _STEPS])
+    ev_path = _ensure_array(work / "evidence", (len(EVIDENCE_CHANNELS),) + tuple(shape), (1,) + tuple(chunks),
+                            "uint8", [state / s for s in _STEPS])
+    geometry = {"block_shape": list(hgrid.block_shape), "halo": list(halo), "chunks": list(hgrid.chunks),
+                "shape": list(shape), "volume": str(volume.path), "device": device}
+
+    # Pass 1: fragments.
+    t = time.perf_counter()
+    step = partial(fragments_step, volume_path=str(volume.path), plan=plan, fragments_path=frag_path,
+                   evidence_path=ev_path, device=device)
+    frag_params = {"plan": plan.to_params(), **geometry}
+    summaries = run_blockwise(step, blocks, name="segment_fragments", state_dir=state, executor=executor,
+                              params=frag_params, progress=progress)
+    fragments = FragmentTable.concat(summaries)
+    timings["fragments"] = time.perf_counter() - t
+
+    # Pass 2: adjacency edges (inside blocks and across block faces).
+    t = time.perf_counter()
+    step = partial(edges_step, fragments_path=frag_path, evidence_path=ev_path)
+    edge_params = {"fragments": _digest(fragments.ids, fragments.counts), **geometry}
+    edges = EdgeTable.concat(run_blockwise(step, blocks, name="segment_edges", state_dir=state,
+                                           executor=executor, params=edge_params, progress=progress))
+    timings["edges"] = time.perf_counter() - t
+
+    # Global agglomeration -> lookup table.
+    t = time.perf_counter()
+    links = None
+    if plan.uses_codebook and config.use_barcodes:
+        links = proximity_links(fragments, volume.voxel_size, config.link_radius, min_size=config.link_min_size)
+    neuron_of, info = agglomerate(
+        fragments, edges, merge_threshold=config.merge_threshold,
+        barcode_merge_weight=config.barcode_merge_weight, contact_barcode_weight=config.contact_barcode_weight,
+        barcode_conflict=config.barcode_conflict,
+        use_barcodes=config.use_barcodes, min_fragment_size=config.min_fragment_size,
+        min_neuron_size=config.min_neuron_size, links=links,
+    )
+    lut_path = work / "segment_lut.npz"
+    with open(lut_path, "wb") as f:
+        np.savez(f, keys=fragments.ids, values=neuron_of)
+    timings["agglomerate"] = time.perf_counter() - t
+
+    # Pass 3: relabel into RUN/labels.zarr/neurons.
+    t = time.perf_counter()
+    labels_dir = run_dir / "labels.zarr"
+    try:
+        arr = open_label_image(labels_dir, "neurons")
+        fresh = tuple(arr.shape) != tuple(shape) or tuple(arr.chunks) != tuple(chunks)
+    except (VolumeError, FileNotFoundError, ValueError, KeyError):
+        fresh = True
+    if fresh:
+        if (state / "segment_relabel").exists():
+            shutil.rmtree(state / "segment_relabel")
+        create_label_image(labels_dir, "neurons", shape_zyx=shape, voxel_size=volume.voxel_size,
+                           unit=volume.unit, chunks_zyx=chunks, overwrite=True)
+    labels_path = str(labels_dir / "neurons" / "0")
+    step = partial(relabel_step, fragments_path=frag_path, lut_path=str(lut_path), labels_path=labels_path)
+    relabel_params = {"lut": _digest(fragments.ids, neuron_of), **geometry}
+    run_blockwise(step, blocks, name="segment_relabel", state_dir=state, executor=executor,
+                  params=relabel_params, progress=progress)
+    timings["relabel"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t0
+
+    summary = {
+        "n_fragments": int(len(fragments)),
+        "n_edges": int(len(edges)),
+        "n_neurons": int(info["n_neurons"]),
+        "threshold": stats["threshold"],
+        "otsu": stats["otsu"],
+        "halo": list(halo),
+        "block_shape": list(hgrid.block_shape),
+        "n_blocks": len(blocks),
+        "device": device,
+        "method": "codebook" if plan.uses_codebook else ("greedy" if plan.barcodes else "fill"),
+        "n_codes": codebook.n_identities if codebook is not None else 0,
+        "agglomeration": info,
+        "timings": {k: round(v, 3) for k, v in timings.items()},
+        "labels_path": labels_path,
+    }
+    write_json(work / "segment_summary.json", summary)
+    log.info("segmentation: %d fragments -> %d neurons in %.1f s", summary["n_fragments"],
+             summary["n_neurons"], timings["total"])
+    return summary

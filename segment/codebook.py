@@ -1,0 +1,284 @@
+"""Barcode codebook: discover the neurons' codes globally, then label voxels by code.
+
+Protein barcodes are combinatorial: each neuron expresses a few of ``K``
+barcode channels ("on") and not the others ("off"), at levels that vary from
+neuron to neuron and channel to channel. In a voxel that belongs to one
+neuron, the sorted channel values fall into two groups with a large ratio
+between them; the channels above the largest ratio gap are its *code*.
+
+Every block votes with its *pure* voxels (bright, inside the foreground,
+where the barcode direction does not change: far from other neurons) in
+:func:`code_statistics`; the votes of all blocks are summed and
+:func:`codebook_from_statistics` builds the codebook. It keeps the codes seen often enough,
+drops codes that are the union of two or more more-frequent codes (blur
+mixtures of touching neurons), and groups codes whose mean directions are
+nearly equal (a neuron whose dim "dropout" channel sometimes falls below the
+gap). Each group is one barcode identity.
+
+:func:`assign_codes` then labels every voxel of a block with the identity
+whose mean direction is closest (cosine), and :func:`despeckle` removes
+isolated specks of one identity (noise, mixtures) by letting the surrounding
+labels flood them. Labels are therefore global barcode identities: the same
+identity in two blocks means the same code, which makes stitching exact for
+touching pieces; neurons that share a code (collisions) stay separate only
+where they do not touch.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline import array_module, to_host
+
+__all__ = [
+    "Codebook",
+    "assign_codes",
+    "code_statistics",
+    "codebook_from_statistics",
+    "despeckle",
+    "discover_codebook",
+    "gap_codes",
+    "merge_code_statistics",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Codebook:
+    """Barcode identities found in a volume.
+
+    Attributes
+    ----------
+    codes : int64 (c,)
+        Binary codes (bit ``k`` = barcode channel ``k`` on), most frequent first.
+    centroids : float64 (c, k)
+        Unit mean direction of the pure voxels with each code.
+    identity : int64 (c,)
+        Identity (1..n_identities) of each code; codes with nearly equal
+        directions share one.
+    support : int64 (c,)
+        Pure sample voxels with each code.
+    """
+
+    codes: np.ndarray
+    centroids: np.ndarray
+    identity: np.ndarray
+    support: np.ndarray
+
+    @property
+    def n_identities(self) -> int:
+        return int(self.identity.max()) if len(self.identity) else 0
+
+    def __len__(self):
+        return len(self.codes)
+
+    def code_strings(self) -> list[str]:
+        """Codes as '0'/'1' strings in channel order (bc00 first)."""
+        k = self.centroids.shape[1]
+        return ["".join("1" if (int(c) >> j) & 1 else "0" for j in range(k)) for c in self.codes]
+
+    def to_dict(self) -> dict:
+        return {
+            "codes": self.code_strings(),
+            "identity": self.identity.tolist(),
+            "support": self.support.tolist(),
+            "centroids": np.round(self.centroids, 4).tolist(),
+        }
+
+
+def gap_codes(vectors: np.ndarray, min_gap: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
+    """Code of each row of ``vectors`` (n, k): the channels above the largest ratio gap.
+
+    Returns
+    -------
+    codes : int64 (n,)
+    confident : bool (n,)
+        The largest ratio between consecutive sorted values is at least ``min_gap``.
+    """
+    v = np.maximum(np.asarray(vectors, dtype=np.float64), 1e-4)
+    n, k = v.shape
+    if k > 62:
+        raise ValueError(f"gap_codes supports at most 62 barcode channels, got {k}")
+    if k < 2:
+        return np.ones(n, np.int64), np.ones(n, bool)
+    s = -np.sort(-v, axis=1)
+    logs = np.log(s)
+    gaps = logs[:, :-1] - logs[:, 1:]
+    on = gaps.argmax(axis=1)
+    cut = s[np.arange(n), on]
+    bits = v >= cut[:, None]
+    codes = (bits.astype(np.int64) << np.arange(k, dtype=np.int64)).sum(axis=1)
+    confident = gaps.max(axis=1) >= np.log(min_gap)
+    return codes, confident
+
+
+def _unit(rows: np.ndarray) -> np.ndarray:
+    norm = np.linalg.norm(rows, axis=1, keepdims=True)
+    return np.divide(rows, norm, out=np.zeros_like(rows, dtype=np.float64), where=norm > 0)
+
+
+def code_statistics(vectors: np.ndarray, *, min_gap: float = 2.0) -> dict:
+    """Votes of pure voxel barcode ``vectors`` (n, k): per code, the voxel count and unit-vector sum.
+
+    The result of several blocks adds up with :func:`merge_code_statistics`.
+
+    Returns
+    -------
+    dict
+        ``codes`` (int64, sorted), ``counts`` (int64) and ``unit_sums`` (float64, codes x k).
+    """
+    vectors = np.asarray(vectors, dtype=np.float64)
+    k = vectors.shape[1] if vectors.ndim == 2 else 0
+    if vectors.ndim != 2 or len(vectors) == 0 or k == 0:
+        return {"codes": np.zeros(0, np.int64), "counts": np.zeros(0, np.int64), "unit_sums": np.zeros((0, k))}
+    codes, confident = gap_codes(vectors, min_gap)
+    codes, units = codes[confident], _unit(vectors[confident])
+    values, inverse, counts = np.unique(codes, return_inverse=True, return_counts=True)
+    sums = np.zeros((len(values), k))
+    np.add.at(sums, inverse, units)
+    return {"codes": values.astype(np.int64), "counts": counts.astype(np.int64), "unit_sums": sums}
+
+
+def merge_code_statistics(parts) -> dict:
+    """Sum the :func:`code_statistics` of several blocks."""
+    parts = [p for p in parts if len(p["codes"])]
+    if not parts:
+        k = 0
+        return {"codes": np.zeros(0, np.int64), "counts": np.zeros(0, np.int64), "unit_sums": np.zeros((0, k))}
+    codes = np.concatenate([p["codes"] for p in parts])
+    counts = np.concatenate([p["counts"] for p in parts])
+    sums = np.concatenate([p["unit_sums"] for p in parts])
+    values, inverse = np.unique(codes, return_inverse=True)
+    total = np.zeros(len(values), np.int64)
+    np.add.at(total, inverse, counts)
+    total_sums = np.zeros((len(values), sums.shape[1]))
+    np.add.at(total_sums, inverse, sums)
+    return {"codes": values, "counts": total, "unit_sums": total_sums}
+
+
+def codebook_from_statistics(stats: dict, *, min_support: int = 1000, merge_distance: float = 0.2) -> Codebook:
+    """Build the :class:`Codebook` from (merged) :func:`code_statistics`.
+
+    Parameters
+    ----------
+    stats : dict
+    min_support : int
+        A code needs this many voting voxels.
+    merge_distance : float
+        Codes whose unit mean directions are closer than this share an identity.
+    """
+    k = stats["unit_sums"].shape[1] if stats["unit_sums"].ndim == 2 else 0
+    empty = Codebook(np.zeros(0, np.int64), np.zeros((0, k)), np.zeros(0, np.int64), np.zeros(0, np.int64))
+    values = np.asarray(stats["codes"], np.int64)
+    counts = np.asarray(stats["counts"], np.int64)
+    sums = np.asarray(stats["unit_sums"], np.float64)
+    if len(values) == 0:
+        return empty
+    order = np.lexsort((values, -counts))
+    values, counts, sums = values[order], counts[order], sums[order]
+    keep = counts >= min_support
+    values, counts, sums = values[keep], counts[keep], sums[keep]
+    support = dict(zip(values.tolist(), counts.tolist()))
+    # Drop blur mixtures: a code that is exactly the union of more frequent sub-codes.
+    kept = []
+    for i, c in enumerate(values.tolist()):
+        subs = [a for a in values.tolist() if a != c and (a & ~c) == 0 and support[a] > support[c]]
+        union = 0
+        for a in subs:
+            union |= a
+        if len(subs) >= 2 and union == c:
+            continue
+        kept.append(i)
+    if not kept:
+        return empty
+    centroids = _unit(sums[kept])
+    identity = np.zeros(len(kept), np.int64)
+    next_id = 0
+    for i in range(len(kept)):  # most frequent first: each code joins the first close identity
+        for j in range(i):
+            if np.linalg.norm(centroids[i] - centroids[j]) < merge_distance:
+                identity[i] = identity[j]
+                break
+        else:
+            next_id += 1
+            identity[i] = next_id
+    book = Codebook(values[kept], centroids, identity, counts[kept])
+    log.info("codebook: %d codes, %d identities from %d voting voxels", len(book), book.n_identities,
+             int(counts.sum()))
+    return book
+
+
+def discover_codebook(vectors: np.ndarray, *, min_gap: float = 2.0, min_support: int = 1000,
+                      merge_distance: float = 0.2) -> Codebook:
+    """Find the barcode identities among pure voxel barcode ``vectors`` (n, k) in one go.
+
+    Equivalent to :func:`codebook_from_statistics` of :func:`code_statistics`.
+    """
+    return codebook_from_statistics(code_statistics(vectors, min_gap=min_gap), min_support=min_support,
+                                    merge_distance=merge_distance)
+
+
+def assign_codes(barcodes, centroids, identity, *, mask=None, floor: float = 0.0):
+    """Identity (1..n) of each voxel: the codebook centroid closest in direction (cosine).
+
+    Parameters
+    ----------
+    barcodes : array (k, z, y, x)
+    centroids : array (c, k)
+        Unit directions (NumPy; moved to the array's device).
+    identity : array (c,)
+    mask : bool array (z, y, x), optional
+        Voxels outside get 0.
+    floor : float
+        Voxels whose brightest barcode channel is below ``floor`` get 0.
+
+    Returns
+    -------
+    array (z, y, x) of uint32, on the device of ``barcodes``
+    """
+    xp = array_module(barcodes)
+    k = barcodes.shape[0]
+    cent = xp.asarray(np.asarray(centroids, dtype=np.float32).reshape(-1, k))
+    ident = xp.asarray(np.concatenate([[0], np.asarray(identity, dtype=np.uint32)]).astype(np.uint32))
+    if cent.shape[0] == 0:
+        return xp.zeros(barcodes.shape[1:], dtype=xp.uint32)
+    flat = barcodes.reshape(k, -1).astype(xp.float32, copy=False)
+    # cosine up to the voxel's norm, which does not change the argmax
+    best = xp.argmax(cent @ flat, axis=0).astype(xp.uint32) + 1
+    labels = ident[best].reshape(barcodes.shape[1:])
+    bright = barcodes.max(axis=0) >= floor
+    keep = bright if mask is None else (bright & mask)
+    return xp.where(keep, labels, xp.uint32(0)).astype(xp.uint32)
+
+
+def despeckle(labels, mask, landscape, min_size: int):
+    """Remove 26-connected specks smaller than ``min_size`` and flood every masked voxel.
+
+    Specks and unlabelled voxels inside ``mask`` take the label of the
+    surrounding regions by a seeded watershed on ``landscape`` (*CPU
+    fallback* on the GPU). Returns labels of the same kind as ``labels``.
+    """
+    import cc3d
+    import fastremap
+    from skimage.segmentation import watershed
+
+    gpu = type(labels).__module__.startswith("cupy")
+    lab = np.ascontiguousarray(to_host(labels)).astype(np.uint32, copy=False)
+    m = to_host(mask).astype(bool, copy=False)
+    if min_size > 1 and lab.any():
+        comps = cc3d.connected_components(lab, connectivity=26, out_dtype=np.uint32)
+        ids, counts = fastremap.unique(comps, return_counts=True)
+        small = ids[(counts < min_size) & (ids > 0)]
+        if len(small):
+            lab = lab.copy()
+            lab[fastremap.mask(comps, small) != comps] = 0
+    if (m & (lab == 0)).any() and lab.any():
+        lab = watershed(to_host(landscape), markers=lab.astype(np.int32), mask=m).astype(np.uint32)
+    lab[~m] = 0
+    if gpu:
+        return array_module(labels).asarray(lab)
+    return lab

@@ -1,0 +1,226 @@
+"""Configuration of the segmentation stage.
+
+Every field has a working default tuned on the bundled sample volume; a
+workflow file may override any of them under its ``segment:`` section. Lengths
+are in voxels (z, y, x) unless the field says otherwise; a single number is
+used for all three axes.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from pipeline import StrictModel
+
+__all__ = ["SegmentConfig"]
+
+Triple = tuple[float, float, float]
+
+
+def _triple(value, name):
+    if isinstance(value, (int, float)):
+        value = (float(value),) * 3
+    value = tuple(float(v) for v in value)
+    if len(value) != 3:
+        raise ValueError(f"{name} needs one value or three (z, y, x), got {list(value)}")
+    return value
+
+
+class SegmentConfig(StrictModel):
+    """Parameters of neuron segmentation (fragments, stitching, agglomeration).
+
+    Attributes
+    ----------
+    sigma : float or (z, y, x)
+        Gaussian smoothing of the fill (and membrane) channel before the
+        foreground threshold and the boundary map, in ``sigma_unit``.
+    barcode_sigma : float or (z, y, x)
+        Gaussian smoothing of the barcode channels before their discontinuity
+        is measured, in ``sigma_unit``.
+    psf_sigma : float or (z, y, x)
+        Standard deviation of the microscope's point-spread function, in
+        ``sigma_unit``, for the deconvolution of the barcode channels.
+    deconvolution_iterations : int
+        Richardson-Lucy iterations on the barcode channels (0 disables).
+        Deconvolution separates the codes of neurites that the PSF blurs
+        together, above all along z.
+    sigma_unit : {"voxel", "physical"}
+        ``physical`` divides the sigmas by the volume's voxel size.
+    norm_percentiles : (low, high)
+        Robust global normalisation: every channel is mapped so that these
+        percentiles of a global sample become 0 and 1 (the same numbers for
+        every block, so blocks agree).
+    sample_voxels : int
+        Upper bound on the voxels read (per channel) to estimate the global
+        percentiles and the Otsu threshold.
+    threshold_method : {"otsu", "fixed"}
+        Foreground threshold on the smoothed, normalised fill: Otsu's threshold
+        computed once on the global sample, or ``threshold``.
+    threshold : float
+        The fixed foreground threshold (normalised fill units) when
+        ``threshold_method == "fixed"``.
+    threshold_scale : float
+        Multiplies the Otsu threshold (below 1 keeps dim, thin neurites).
+    use_barcodes : bool
+        Use the barcode channels at all (boundary map, seeds, agglomeration).
+        ``False`` is the fill-only ablation.
+    barcode_method : {"codebook", "greedy"}
+        ``codebook`` (default): discover the barcode codes globally, label
+        every foreground voxel with the closest code, and join touching
+        pieces of one code (see :mod:`segment.codebook`). ``greedy``:
+        watershed fragments joined by greedy agglomeration on mean barcode
+        distances (see :mod:`segment.agglomerate`). Either falls back to the
+        fill-only watershed when the volume has no barcode channels (and
+        ``codebook`` to ``greedy`` when no code is found).
+    code_pure_discontinuity : float
+        Codebook voxels must have a barcode discontinuity below this.
+    code_min_brightness : float
+        Codebook voxels must have a normalised barcode channel at least this bright.
+    code_min_gap : float
+        Smallest on/off ratio gap for a codebook voxel to vote for its code.
+    code_min_support : int
+        Voxels (of the global sample) a code needs to enter the codebook.
+    code_merge_distance : float
+        Codes whose mean directions are closer than this are one identity.
+    link_radius : float
+        Pieces of one codebook identity whose bounding boxes come within this
+        physical distance (the volume's unit) are joined: long-range linking
+        across crossings and dim stretches. 0 joins only overlapping boxes.
+    link_min_size : int
+        Pieces smaller than this are not linked (they join a neighbour instead).
+    despeckle_size : int
+        Connected pieces of one identity smaller than this (voxels, in the
+        block's read region) are flooded by their neighbours.
+    barcode_weight : float
+        How much barcode discontinuity (0..1) adds to the boundary map
+        (0 disables that term: ablation). Barcodes still guide agglomeration
+        unless ``use_barcodes`` is false.
+    barcode_floor : float
+        Regulariser of the barcode direction ``b / sqrt(|b|^2 + floor^2)``
+        (normalised units): dim voxels, whose direction is noise, change little.
+    membrane_weight : float
+        Weight of the smoothed membrane channel (if the volume has one) in the
+        boundary map.
+    fill_weight : float
+        Weight of the inverted smoothed fill in the boundary map.
+    seed_method : {"barcode", "hmaxima", "local_max"}
+        ``barcode``: seeds are connected regions of one quantised barcode
+        (bit ``k`` on where channel ``k`` is at least ``code_alpha`` times the
+        voxel's brightest barcode channel), at least ``seed_min_size`` voxels;
+        volumes without barcode channels fall back to ``hmaxima``.
+        ``hmaxima`` / ``local_max``: maxima of the distance transform of the
+        foreground interior, with h-maxima (robust to noise, CPU) or plain
+        local maxima at least ``seed_min_distance`` apart (cheaper, GPU).
+    seed_min_size : int
+        Smallest barcode seed region, in voxels.
+    code_alpha : float
+        Relative brightness at which a barcode bit counts as on.
+    code_floor : float
+        Voxels whose brightest normalised barcode channel is below this get no
+        code (no seed, no codebook identity: they are flooded from their
+        neighbours).
+    seed_h : float
+        h-maxima height, in voxels of the distance transform (physical
+        distances divided by the smallest voxel size).
+    seed_min_distance : float
+        Minimal distance between ``local_max`` seeds, in voxels (xy).
+    seed_barcode_cut : float
+        Voxels whose weighted barcode discontinuity exceeds this are cut out of
+        the foreground before the distance transform, so touching neurons with
+        different barcodes get separate seeds.
+    halo : (z, y, x) int
+        Context read around each block's write region.
+    min_fragment_size : int
+        Fragments (and agglomerated clusters) smaller than this many voxels are
+        merged into their best neighbour regardless of barcode evidence (their
+        mean barcode is too noisy to trust).
+    min_neuron_size : int
+        Final segments smaller than this many voxels become background (0).
+    merge_threshold : float
+        Agglomeration stops when the best remaining edge score exceeds this.
+        The score of an edge is the fill *dip* on the contact (1 - contact
+        fill / inner fill, 0 for a neurite cut crosswise) plus
+        ``barcode_merge_weight`` times the barcode distance of the two sides
+        plus ``contact_barcode_weight`` times the mean barcode discontinuity
+        on the contact (see :mod:`segment.agglomerate`).
+    barcode_merge_weight : float
+        Weight of the barcode distance in the edge score.
+    contact_barcode_weight : float
+        Weight of the mean barcode discontinuity along the contact.
+    barcode_conflict : float
+        Two clusters whose mean barcode directions are further apart than this
+        (Euclidean distance of unit vectors, 0..sqrt 2) are never merged.
+    """
+
+    sigma: Triple = (0.5, 1.0, 1.0)
+    barcode_sigma: Triple = (0.5, 1.0, 1.0)
+    psf_sigma: Triple = (1.5, 1.5, 1.5)
+    deconvolution_iterations: int = Field(default=8, ge=0)
+    sigma_unit: Literal["voxel", "physical"] = "voxel"
+    norm_percentiles: tuple[float, float] = (1.0, 99.5)
+    sample_voxels: int = Field(default=2**23, ge=1000)
+    threshold_method: Literal["otsu", "fixed"] = "otsu"
+    threshold: float = 0.2
+    threshold_scale: float = Field(default=0.6, gt=0)
+    use_barcodes: bool = True
+    barcode_method: Literal["codebook", "greedy"] = "codebook"
+    code_pure_discontinuity: float = Field(default=0.15, gt=0)
+    code_min_brightness: float = Field(default=0.3, ge=0)
+    code_min_gap: float = Field(default=2.0, ge=1)
+    code_min_support: int = Field(default=1000, ge=1)
+    code_merge_distance: float = Field(default=0.2, ge=0)
+    despeckle_size: int = Field(default=100, ge=0)
+    link_radius: float = Field(default=2.0, ge=0)
+    link_min_size: int = Field(default=20, ge=0)
+    barcode_weight: float = Field(default=1.0, ge=0)
+    barcode_floor: float = Field(default=0.1, gt=0)
+    membrane_weight: float = Field(default=1.0, ge=0)
+    fill_weight: float = Field(default=1.0, ge=0)
+    seed_method: Literal["barcode", "hmaxima", "local_max"] = "barcode"
+    seed_min_size: int = Field(default=20, ge=1)
+    code_alpha: float = Field(default=0.5, gt=0, lt=1)
+    code_floor: float = Field(default=0.1, ge=0)
+    seed_h: float = Field(default=0.5, ge=0)
+    seed_min_distance: float = Field(default=3.0, ge=1)
+    seed_barcode_cut: float = Field(default=0.3, gt=0)
+    halo: tuple[int, int, int] = (4, 16, 16)
+    min_fragment_size: int = Field(default=20, ge=0)
+    min_neuron_size: int = Field(default=100, ge=0)
+    merge_threshold: float = Field(default=0.5, ge=0)
+    barcode_merge_weight: float = Field(default=1.0, ge=0)
+    contact_barcode_weight: float = Field(default=0.0, ge=0)
+    barcode_conflict: float = Field(default=0.4, gt=0)
+
+    @field_validator("sigma", "barcode_sigma", "psf_sigma", mode="before")
+    @classmethod
+    def _expand(cls, value, info):
+        value = _triple(value, info.field_name)
+        if any(v < 0 for v in value):
+            raise ValueError(f"{info.field_name} must be >= 0, got {list(value)}")
+        return value
+
+    @field_validator("halo", mode="before")
+    @classmethod
+    def _halo(cls, value):
+        if isinstance(value, int):
+            value = (value,) * 3
+        value = tuple(int(v) for v in value)
+        if len(value) != 3 or any(v < 0 for v in value):
+            raise ValueError(f"halo needs three sizes >= 0 (z, y, x), got {list(value)}")
+        return value
+
+    @model_validator(mode="after")
+    def _check(self):
+        lo, hi = self.norm_percentiles
+        if not 0 <= lo < hi <= 100:
+            raise ValueError(f"norm_percentiles must satisfy 0 <= low < high <= 100, got {[lo, hi]}")
+        return self
+
+    def sigma_voxels(self, voxel_size, which: str = "sigma") -> Triple:
+        """A sigma field (``sigma``, ``barcode_sigma`` or ``psf_sigma``) in voxels for ``voxel_size`` (z, y, x)."""
+        value = getattr(self, which)
+        if self.sigma_unit == "physical":
+            return tuple(s / v for s, v in zip(value, voxel_size))
+        return tuple(value)

@@ -1,0 +1,436 @@
+"""Array kernels of the segmentation: one body for NumPy (CPU) and CuPy (GPU).
+
+Every kernel takes arrays and returns the same kind of array; inside,
+``xp = array_module(x)`` and ``ndi = ndimage(x)`` pick NumPy/SciPy or
+CuPy/cupyx. The pieces that have no GPU implementation yet are marked
+*CPU fallback*: on a CuPy array they copy to the host, run there and copy the
+result back. These are :func:`h_maxima_seeds` (grey reconstruction) and
+:func:`seeded_watershed` (scikit-image's watershed); a GPU watershed is a
+later piece of work (see DESIGN.md, "Algorithms").
+
+The chain for one block (all on the block's *read* region)::
+
+    raw (c,z,y,x) --normalize--> [0, ~1] per channel, global percentiles
+      fill  --smooth--> fill_s --threshold--> foreground
+      barcodes --smooth--> direction u = b / sqrt(|b|^2 + floor^2)
+                        --central differences--> discontinuity D in [0, 1]
+      boundary B = clip((1 - fill_s) + w_b * D + w_m * membrane_s, 0, 1)
+      interior = foreground & (w_b * D < cut)
+      seeds = maxima of the distance transform of interior (h-maxima)
+      fragments = watershed(B, seeds, mask=foreground)
+
+The normalisation, smoothing, discontinuity and boundary map are local: a block
+whose halo is at least :func:`context_radius` voxels gives exactly the values
+of the whole-volume computation in its write region. The seeds and the
+watershed are not local; blocks are stitched afterwards (see
+:mod:`segment.agglomerate`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from pipeline import array_module, ndimage, to_host
+
+__all__ = [
+    "TRUNCATE",
+    "Evidence",
+    "barcode_codes",
+    "barcode_discontinuity",
+    "barcode_seeds",
+    "boundary_map",
+    "compute_evidence",
+    "context_radius",
+    "deconvolve",
+    "distance_transform",
+    "foreground_mask",
+    "fragment_labels",
+    "h_maxima_seeds",
+    "label_components",
+    "local_max_seeds",
+    "normalize",
+    "seeded_watershed",
+    "smooth",
+]
+
+log = logging.getLogger(__name__)
+
+#: Gaussian kernels are cut at this many sigmas (as scipy's ``truncate``).
+TRUNCATE = 4.0
+
+
+def _is_gpu(x) -> bool:
+    return type(x).__module__.startswith("cupy")
+
+
+def _like(host: np.ndarray, x):
+    """``host`` moved to where ``x`` lives."""
+    if _is_gpu(x):
+        return array_module(x).asarray(host)
+    return host
+
+
+def context_radius(sigma: Sequence[float], barcode_sigma: Sequence[float] | None = None) -> tuple[int, int, int]:
+    """Halo (z, y, x) in voxels that makes the local kernels exact in a block's write region.
+
+    Gaussian smoothing reaches ``ceil(TRUNCATE * sigma)`` voxels and the
+    central differences of the barcode discontinuity one more.
+    """
+    radius = [math.ceil(TRUNCATE * s) for s in sigma]
+    if barcode_sigma is not None:
+        radius = [max(r, math.ceil(TRUNCATE * s) + 1) for r, s in zip(radius, barcode_sigma)]
+    return tuple(int(r) for r in radius)
+
+
+def normalize(data, lo, hi, *, clip_max: float = 4.0):
+    """Map each channel of ``data`` (c, z, y, x) linearly so that ``lo -> 0`` and ``hi -> 1``.
+
+    Parameters
+    ----------
+    data : array (c, z, y, x)
+        Raw intensities of any numeric dtype.
+    lo, hi : sequence of float, one per channel
+        Global robust percentiles (the same for every block).
+    clip_max : float
+        Values are clipped to ``[0, clip_max]`` so that saturated outliers do
+        not dominate means.
+
+    Returns
+    -------
+    array (c, z, y, x) of float32
+    """
+    xp = array_module(data)
+    if data.ndim != 4:
+        raise ValueError(f"normalize expects (c, z, y, x) data, got shape {data.shape}")
+    lo = np.asarray(lo, dtype=np.float64).reshape(-1)
+    hi = np.asarray(hi, dtype=np.float64).reshape(-1)
+    if lo.shape != (data.shape[0],) or hi.shape != (data.shape[0],):
+        raise ValueError(
+            f"normalize needs one lo/hi per channel: data has {data.shape[0]} channels, "
+            f"got {lo.shape[0]} lo and {hi.shape[0]} hi"
+        )
+    scale = 1.0 / np.maximum(hi - lo, 1e-6)
+    lo_ = xp.asarray(lo.astype(np.float32)).reshape(-1, 1, 1, 1)
+    scale_ = xp.asarray(scale.astype(np.float32)).reshape(-1, 1, 1, 1)
+    out = (data.astype(xp.float32) - lo_) * scale_
+    return xp.clip(out, 0.0, clip_max, out=out)
+
+
+def smooth(x, sigma: Sequence[float]):
+    """Gaussian smoothing of a (z, y, x) array, or of each channel of a (c, z, y, x) one."""
+    ndi = ndimage(x)
+    sigma = tuple(float(s) for s in sigma)
+    if x.ndim == 4:
+        sigma = (0.0,) + sigma
+    if x.ndim != len(sigma):
+        raise ValueError(f"smooth: array of shape {x.shape} does not match sigma {sigma}")
+    if not any(sigma):
+        return x.astype(array_module(x).float32, copy=True)
+    return ndi.gaussian_filter(x.astype(array_module(x).float32, copy=False), sigma, mode="reflect", truncate=TRUNCATE)
+
+
+def deconvolve(x, psf_sigma: Sequence[float], iterations: int, *, eps: float = 1e-3):
+    """Richardson-Lucy deconvolution of each channel of ``x`` (c, z, y, x) with a Gaussian PSF.
+
+    Undoes part of the optical blur that mixes the barcodes of neighbouring
+    neurites (most of all along z). Values are clipped to ``>= eps`` first.
+    Not exactly local: a block's halo makes it approximately, not exactly,
+    equal to the whole-volume result.
+
+    Parameters
+    ----------
+    x : array (c, z, y, x), float32
+        Normalised, non-negative intensities.
+    psf_sigma : (z, y, x)
+        Standard deviation of the PSF in voxels.
+    iterations : int
+        0 returns ``x`` unchanged.
+    """
+    if iterations <= 0 or x.shape[0] == 0:
+        return x
+    xp = array_module(x)
+    ndi = ndimage(x)
+    sigma = tuple(float(s) for s in psf_sigma)
+    obs = xp.maximum(x.astype(xp.float32, copy=False), np.float32(eps))
+    est = obs.copy()
+    for c in range(obs.shape[0]):
+        o, e = obs[c], est[c]
+        for _ in range(int(iterations)):
+            conv = ndi.gaussian_filter(e, sigma, mode="reflect", truncate=3.0)
+            xp.maximum(conv, np.float32(eps), out=conv)
+            e *= ndi.gaussian_filter(o / conv, sigma, mode="reflect", truncate=3.0)
+    return est
+
+
+def barcode_discontinuity(barcodes, floor: float = 0.1):
+    """How much the barcode *direction* changes around each voxel, in [0, 1].
+
+    The (smoothed, normalised) barcode vector ``b`` of each voxel becomes a
+    direction ``u = b / sqrt(|b|^2 + floor^2)`` (neuron-wide brightness drops
+    out, dim voxels shrink towards 0). The discontinuity is half the
+    Euclidean norm of the central differences of ``u`` along z, y and x,
+    clipped to 1: about 0 inside one neuron, high where two codes meet.
+
+    Parameters
+    ----------
+    barcodes : array (k, z, y, x), float
+    floor : float
+        Regulariser of the direction, in normalised intensity units.
+
+    Returns
+    -------
+    array (z, y, x) of float32
+    """
+    xp = array_module(barcodes)
+    if barcodes.ndim != 4:
+        raise ValueError(f"barcode_discontinuity expects (k, z, y, x), got shape {barcodes.shape}")
+    b = barcodes.astype(xp.float32, copy=False)
+    norm = xp.sqrt((b * b).sum(axis=0) + np.float32(floor) ** 2)
+    u = b / norm[None]
+    acc = xp.zeros(b.shape[1:], dtype=xp.float32)
+    for axis in (1, 2, 3):
+        n = u.shape[axis]
+        if n < 2:
+            continue
+        # central differences with edge padding: d[i] = u[i+1] - u[i-1] (one-sided at the ends)
+        pad = [(0, 0)] * 4
+        pad[axis] = (1, 1)
+        up = xp.pad(u, pad, mode="edge")
+        hi = [slice(None)] * 4
+        lo = [slice(None)] * 4
+        hi[axis] = slice(2, None)
+        lo[axis] = slice(0, n)
+        d = up[tuple(hi)] - up[tuple(lo)]
+        acc += (d * d).sum(axis=0)
+        del up, d
+    out = xp.sqrt(acc) * np.float32(0.5)
+    return xp.clip(out, 0.0, 1.0, out=out)
+
+
+def boundary_map(fill_s, discontinuity=None, membrane_s=None, *, barcode_weight: float = 1.0,
+                 membrane_weight: float = 1.0, fill_weight: float = 1.0):
+    """Boundary evidence in [0, 1]: inverted fill plus barcode and membrane terms.
+
+    ``B = clip(fill_weight * (1 - fill_s) + barcode_weight * D + membrane_weight * membrane_s, 0, 1)``
+    """
+    xp = array_module(fill_s)
+    b = np.float32(fill_weight) * (1.0 - xp.clip(fill_s.astype(xp.float32, copy=False), 0.0, 1.0))
+    if discontinuity is not None and barcode_weight > 0:
+        b = b + np.float32(barcode_weight) * discontinuity
+    if membrane_s is not None and membrane_weight > 0:
+        b = b + np.float32(membrane_weight) * xp.clip(membrane_s, 0.0, 1.0)
+    return xp.clip(b, 0.0, 1.0).astype(xp.float32, copy=False)
+
+
+def foreground_mask(fill_s, threshold: float):
+    """Voxels whose smoothed, normalised fill exceeds ``threshold``."""
+    return fill_s > threshold
+
+
+@dataclass
+class Evidence:
+    """Per-voxel evidence of one read region (arrays on the block's device)."""
+
+    fill: object           # smoothed normalised fill (z, y, x) float32
+    boundary: object       # boundary map B in [0, 1] (z, y, x) float32
+    foreground: object     # bool (z, y, x)
+    interior: object       # bool (z, y, x): foreground minus barcode edges
+    discontinuity: object | None  # barcode discontinuity D or None
+    barcodes: object | None = None  # smoothed normalised barcodes (k, z, y, x) or None
+
+
+def compute_evidence(fill, barcodes=None, membrane=None, *, sigma, barcode_sigma, threshold: float,
+                     barcode_weight: float = 1.0, barcode_floor: float = 0.1, membrane_weight: float = 1.0,
+                     fill_weight: float = 1.0, seed_barcode_cut: float = 0.3) -> Evidence:
+    """All local evidence of a region from normalised channels.
+
+    Parameters
+    ----------
+    fill : array (z, y, x)
+        Normalised fill channel (mean of the fill channels).
+    barcodes : array (k, z, y, x), optional
+        Normalised barcode channels; ``None`` when barcodes are not used.
+    membrane : array (z, y, x), optional
+        Normalised membrane channel.
+    sigma, barcode_sigma : (z, y, x) float
+        Smoothing in voxels.
+    threshold : float
+        Foreground threshold on the smoothed fill.
+    barcode_weight, barcode_floor, membrane_weight, fill_weight, seed_barcode_cut : float
+        See :class:`segment.config.SegmentConfig`.
+    """
+    fill_s = smooth(fill, sigma)
+    disc = bc_s = None
+    if barcodes is not None and barcodes.shape[0] > 0:
+        bc_s = smooth(barcodes, barcode_sigma)
+        disc = barcode_discontinuity(bc_s, floor=barcode_floor)
+    memb = smooth(membrane, sigma) if membrane is not None else None
+    boundary = boundary_map(fill_s, disc, memb, barcode_weight=barcode_weight, membrane_weight=membrane_weight,
+                            fill_weight=fill_weight)
+    fg = foreground_mask(fill_s, threshold)
+    interior = fg
+    if disc is not None and barcode_weight > 0:
+        interior = fg & (disc * np.float32(barcode_weight) < seed_barcode_cut)
+    return Evidence(fill=fill_s, boundary=boundary, foreground=fg, interior=interior, discontinuity=disc,
+                    barcodes=bc_s)
+
+
+def distance_transform(mask, sampling: Sequence[float] = (1.0, 1.0, 1.0)):
+    """Euclidean distance of each foreground voxel to the nearest background voxel.
+
+    Voxels outside the array count as foreground (a block's halo edge is not
+    an object edge). CPU: the ``edt`` package; GPU: ``cupyx`` EDT.
+    """
+    if _is_gpu(mask):
+        ndi = ndimage(mask)
+        xp = array_module(mask)
+        padded = xp.pad(mask, 1, mode="edge")
+        dist = ndi.distance_transform_edt(padded, sampling=tuple(float(s) for s in sampling))
+        return dist[1:-1, 1:-1, 1:-1].astype(xp.float32)
+    import edt
+
+    return edt.edt(np.ascontiguousarray(mask, dtype=np.uint8), anisotropy=tuple(float(s) for s in sampling),
+                   black_border=False, parallel=1).astype(np.float32)
+
+
+def label_components(mask, connectivity: int = 26):
+    """Connected components of a boolean mask (uint32 labels 1..n in raster order of first voxel)."""
+    if _is_gpu(mask):
+        ndi = ndimage(mask)
+        xp = array_module(mask)
+        structure = xp.ones((3, 3, 3), dtype=bool) if connectivity == 26 else None
+        labels, _ = ndi.label(mask, structure=structure)
+        return labels.astype(xp.uint32)
+    import cc3d
+
+    return cc3d.connected_components(np.ascontiguousarray(mask), connectivity=connectivity, out_dtype=np.uint32)
+
+
+def h_maxima_seeds(dist, h: float):
+    """Seeds: connected regional maxima of ``dist`` with a dynamic of at least ``h``.
+
+    *CPU fallback* on the GPU: grey reconstruction runs on the host.
+    """
+    from skimage.morphology import h_maxima
+
+    host = to_host(dist)
+    if h <= 0:
+        from skimage.morphology import local_maxima
+
+        peaks = local_maxima(host, allow_borders=True)
+    else:
+        # Quantise to 1/8 voxel: integer reconstruction is exact and a little faster.
+        q = np.round(host * 8.0).astype(np.int32)
+        peaks = h_maxima(q, max(1, int(round(h * 8.0)))).astype(bool)
+    peaks &= host > 0
+    return _like(label_components(peaks), dist)
+
+
+def local_max_seeds(dist, min_distance: float, sampling: Sequence[float] = (1.0, 1.0, 1.0)):
+    """Seeds: local maxima of ``dist`` within an ellipsoid of radius ``min_distance`` (xy voxels)."""
+    xp = array_module(dist)
+    ndi = ndimage(dist)
+    radius = [max(0, int(math.floor(min_distance / s))) for s in sampling]
+    grids = np.ogrid[tuple(slice(-r, r + 1) for r in radius)]
+    footprint = sum((g * s / max(min_distance, 1e-9)) ** 2 for g, s in zip(grids, sampling)) <= 1.0
+    mx = ndi.maximum_filter(dist, footprint=xp.asarray(footprint), mode="nearest")
+    peaks = (dist >= mx) & (dist > 0)
+    return label_components(peaks)
+
+
+def seeded_watershed(landscape, seeds, mask):
+    """Seeded watershed of ``landscape`` inside ``mask``; every masked voxel gets a label.
+
+    Masked components that no seed reaches get a label of their own (after the
+    seed labels). *CPU fallback* on the GPU: scikit-image's watershed runs on
+    the host and the labels are copied back.
+    """
+    from skimage.segmentation import watershed
+
+    gpu = _is_gpu(landscape)
+    land = to_host(landscape)
+    markers = to_host(seeds).astype(np.int32, copy=False)
+    m = to_host(mask).astype(bool, copy=False)
+    labels = watershed(land, markers=markers, mask=m).astype(np.uint32)
+    missing = m & (labels == 0)
+    if missing.any():
+        extra = label_components(missing)
+        n = int(labels.max())
+        labels[missing] = extra[missing] + n
+    return _like(labels, landscape) if gpu else labels
+
+
+def barcode_codes(barcodes, mask, *, alpha: float = 0.5, floor: float = 0.1):
+    """Quantised barcode of each voxel: bit ``k`` set where ``b_k >= alpha * max_j b_j``.
+
+    Voxels outside ``mask`` or whose brightest barcode channel is below
+    ``floor`` (no usable barcode) get code 0. Supports up to 63 channels.
+
+    Returns
+    -------
+    array (z, y, x) of uint64
+    """
+    xp = array_module(barcodes)
+    k = barcodes.shape[0]
+    if k > 63:
+        raise ValueError(f"barcode_codes supports at most 63 barcode channels, got {k}")
+    mx = barcodes.max(axis=0)
+    cut = mx * np.float32(alpha)
+    code = xp.zeros(barcodes.shape[1:], dtype=xp.uint64)
+    for c in range(k):
+        code |= (barcodes[c] >= cut).astype(xp.uint64) << np.uint64(c)
+    code[~(mask & (mx >= floor))] = 0
+    return code
+
+
+def barcode_seeds(codes, min_size: int = 20):
+    """Seeds: 6-connected components of equal non-zero code with at least ``min_size`` voxels.
+
+    *CPU fallback* on the GPU (``cc3d`` multi-label components on the host).
+    """
+    import cc3d
+    import fastremap
+
+    host = np.ascontiguousarray(to_host(codes))
+    comps = cc3d.connected_components(host, connectivity=6, out_dtype=np.uint32)
+    if min_size > 1:
+        ids, counts = fastremap.unique(comps, return_counts=True)
+        small = ids[(counts < min_size) & (ids > 0)]
+        if len(small):
+            comps = fastremap.mask(comps, small, in_place=True)
+        comps, _ = fastremap.renumber(comps, in_place=True)
+    return _like(comps.astype(np.uint32, copy=False), codes)
+
+
+def fragment_labels(evidence: Evidence, *, seed_method: str = "hmaxima", seed_h: float = 0.5,
+                    seed_min_distance: float = 3.0, sampling: Sequence[float] = (1.0, 1.0, 1.0),
+                    barcodes=None, code_alpha: float = 0.5, code_floor: float = 0.1,
+                    seed_min_size: int = 20):
+    """Watershed fragments of a region from its :class:`Evidence` (uint32 labels, 0 = background).
+
+    Seeds come from barcodes (``seed_method="barcode"``: components of equal
+    quantised code, see :func:`barcode_codes`; needs ``barcodes``) or from the
+    shape of the foreground (``"hmaxima"`` / ``"local_max"`` of the distance
+    transform of the interior). ``sampling`` is the voxel size relative to the
+    smallest axis, so that the distance transform (and ``seed_h``) is in units
+    of the finest voxel.
+    """
+    if seed_method == "barcode":
+        if barcodes is None:
+            raise ValueError("seed_method 'barcode' needs the barcode channels")
+        codes = barcode_codes(barcodes, evidence.foreground, alpha=code_alpha, floor=code_floor)
+        seeds = barcode_seeds(codes, seed_min_size)
+    else:
+        dist = distance_transform(evidence.interior, sampling)
+        if seed_method == "hmaxima":
+            seeds = h_maxima_seeds(dist, seed_h)
+        elif seed_method == "local_max":
+            seeds = local_max_seeds(dist, seed_min_distance, sampling)
+        else:
+            raise ValueError(f"unknown seed_method {seed_method!r}; expected 'barcode', 'hmaxima' or 'local_max'")
+    return seeded_watershed(evidence.boundary, seeds, evidence.foreground)

@@ -1,0 +1,174 @@
+"""The end-to-end workflow: volume → segmentation → synapses → measurements → connectome.
+
+Steps, each timed and recorded in ``run.json``::
+
+    input      open the OME-Zarr volume (generating the sample first if asked)
+    segment    fragments per block → stitched global ids → labels.zarr/neurons
+    puncta     pre/post puncta per block, each with the neuron under it
+    synapses   pre/post pairing, partner neurons, confidence
+    measure    per-neuron statistics, reduced across blocks
+    annotate   barcode calls and cell types
+    connectome neurons/synapses/edges tables (Parquet)
+
+Blockwise steps keep done-markers under ``RUN/work``; rerunning a killed run
+resumes them. ``run.json`` is written at the start (status ``running``) and
+rewritten at the end (status ``complete``).
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+
+from graph import Connectome
+from graph.annotate import annotate_neurons
+from graph.measure import measure_neurons
+from graph.synapses import pair_puncta
+from pipeline import BlockGrid, ConfigError, Executor, Volume, resolve_device
+from pipeline.storage import write_json
+from pipeline.volume import open_label_image
+from sample_data import write_sample
+from segment import segment_volume
+from segment.puncta import detect_puncta_volume
+
+from .spec import WorkflowConfig
+
+__all__ = ["run_workflow", "prepare_input"]
+
+log = logging.getLogger(__name__)
+
+_VERSIONED = ("optical-connectome", "numpy", "scipy", "scikit-image", "zarr", "dask", "distributed",
+              "pandas", "pyarrow", "networkx", "connected-components-3d", "fastremap", "edt")
+
+
+def _versions() -> dict:
+    found = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+class _Timer:
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def step(self, name: str):
+        log.info("step %s ...", name)
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = round(time.perf_counter() - start, 3)
+        log.info("step %s done in %.1f s", name, self.seconds[name])
+
+
+def prepare_input(config: WorkflowConfig) -> Volume:
+    """Open the input volume, generating the bundled sample first when it is missing."""
+    source = config.input
+    if source.sample is not None:
+        marker = source.sample.path / "truth" / "meta.json"
+        if not marker.exists():
+            log.info("generating the sample volume in %s", source.sample.path)
+            write_sample(source.sample.path, source.sample.config, overwrite=True)
+    return Volume.open(source.volume_path, mode="r")
+
+
+def _grid(volume: Volume, config: WorkflowConfig) -> BlockGrid:
+    block_shape = tuple(min(b, s) for b, s in zip(config.compute.block_shape, volume.spatial_shape))
+    for b, c, s in zip(block_shape, volume.chunks, volume.spatial_shape):
+        if b % c and b < s:
+            raise ConfigError(
+                f"compute.block_shape {list(config.compute.block_shape)} must be a multiple of the "
+                f"volume's chunk shape {list(volume.chunks)} ({volume.path})"
+            )
+    return BlockGrid(volume.spatial_shape, block_shape, chunks=volume.chunks)
+
+
+def run_workflow(config: WorkflowConfig, *, progress: bool = True) -> Path:
+    """Run every step of ``config`` and return the run directory.
+
+    Parameters
+    ----------
+    config : WorkflowConfig
+        The validated workflow (see :func:`workflows.spec.load_workflow`).
+    progress : bool
+        Show progress bars.
+    """
+    run_dir = Path(config.output)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    timer = _Timer()
+    record = {
+        "format_version": 1,
+        "status": "running",
+        "name": config.name,
+        "config": config.model_dump(mode="json"),
+        "versions": _versions(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    write_json(run_dir / "run.json", record)
+
+    with timer.step("input"):
+        volume = prepare_input(config)
+    device = resolve_device(config.compute.device)
+    grid = _grid(volume, config)
+    record.update({
+        "input": str(volume.path),
+        "shape": list(volume.spatial_shape),
+        "channels": [{"name": c.name, "role": c.role} for c in volume.channels],
+        "voxel_size": list(volume.voxel_size),
+        "unit": volume.unit,
+        "device": device,
+        "block_shape": list(grid.block_shape),
+        "n_blocks": len(grid),
+    })
+    work = run_dir / "work"
+    with Executor(config.compute) as executor:
+        record["dashboard"] = executor.dashboard_link
+        if executor.dashboard_link:
+            print(f"Dask dashboard: {executor.dashboard_link}", flush=True)
+        with timer.step("segment"):
+            seg_summary = segment_volume(volume, run_dir, config.segment, grid=grid, executor=executor, device=device)
+        labels = open_label_image(run_dir / "labels.zarr", "neurons")
+        with timer.step("puncta"):
+            pre, post = detect_puncta_volume(volume, run_dir, config.puncta, grid=grid, executor=executor, device=device)
+        with timer.step("measure"):
+            neurons = measure_neurons(volume, labels, grid=grid, executor=executor, state_dir=work)
+    with timer.step("synapses"):
+        synapses = pair_puncta(pre, post, volume.voxel_size, config.synapses)
+    with timer.step("annotate"):
+        neurons = annotate_neurons(neurons, volume, barcodes=config.barcodes, cell_types=config.cell_types,
+                                   background=neurons.attrs.get("background"))
+    with timer.step("connectome"):
+        connectome = Connectome.from_tables(neurons, synapses)
+        connectome.save(run_dir)
+
+    record.update({
+        "status": "complete",
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "timings_s": timer.seconds,
+        "total_s": round(sum(timer.seconds.values()), 3),
+        "segment": seg_summary,
+        "counts": {
+            "neurons": int(len(connectome.neuron_table)),
+            "synapses": int(len(connectome.synapse_table)),
+            "edges": int(len(connectome.edge_table)),
+            "puncta_pre": int(len(pre)),
+            "puncta_post": int(len(post)),
+        },
+        "outputs": {
+            "labels": "labels.zarr/neurons",
+            "neurons": "neurons.parquet",
+            "synapses": "synapses.parquet",
+            "edges": "edges.parquet",
+            "work": "work",
+        },
+    })
+    write_json(run_dir / "run.json", record)
+    log.info("run complete: %s", record["counts"])
+    return run_dir
