@@ -63,6 +63,10 @@ class Executor(AbstractContextManager):
             return self
         from distributed import Client, LocalCluster
 
+        # distributed configures its own loggers at import; keep them to warnings
+        # unless the user asked for debug output.
+        if not log.isEnabledFor(logging.DEBUG):
+            logging.getLogger("distributed").setLevel(logging.WARNING)
         scheduler = self.config.scheduler
         if scheduler == "local":
             n_workers = self.config.n_workers or os.cpu_count() or 1
@@ -72,6 +76,7 @@ class Executor(AbstractContextManager):
                 dashboard_address=self.config.dashboard_address,
                 memory_limit=self.config.memory_limit,
                 processes=True,
+                silence_logs=logging.WARNING,
             )
             self.client = Client(self._cluster)
         else:

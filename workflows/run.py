@@ -130,8 +130,6 @@ def run_workflow(config: WorkflowConfig, *, progress: bool = True) -> Path:
     work = run_dir / "work"
     with Executor(config.compute) as executor:
         record["dashboard"] = executor.dashboard_link
-        if executor.dashboard_link:
-            print(f"Dask dashboard: {executor.dashboard_link}", flush=True)
         with timer.step("segment"):
             seg_summary = segment_volume(volume, run_dir, config.segment, grid=grid, executor=executor, device=device)
         labels = open_label_image(run_dir / "labels.zarr", "neurons")
