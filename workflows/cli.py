@@ -2,6 +2,7 @@
 
 Commands::
 
+    connectome ingest SOURCE... OUT.zarr --channels CHANNELS.yaml [--voxel-size Z,Y,X] ...
     connectome sample OUT [--shape Z,Y,X] [--neurons N] [--barcodes K] [--dense] [--seed S]
     connectome run WORKFLOW.yaml [--output RUN_DIR] [--scheduler ADDRESS] [--device cpu|gpu|auto]
     connectome evaluate RUN_DIR --truth SAMPLE [--json]
@@ -19,6 +20,7 @@ import logging
 import sys
 from pathlib import Path
 
+from ingest.cli import add_ingest_parser
 from pipeline.errors import PipelineError
 
 __all__ = ["main", "build_parser"]
@@ -121,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an existing sample")
     p.set_defaults(func=_cmd_sample)
+
+    add_ingest_parser(sub)
 
     p = sub.add_parser("run", help="run a workflow YAML end to end",
                        epilog="example: connectome run workflows/sample.yaml --output runs/sample --device auto")
