@@ -1,9 +1,29 @@
-"""Export a :class:`~graph.connectome.Connectome` to standard graph formats."""
+"""Export a :class:`~graph.connectome.Connectome` to the formats the field uses.
+
+:func:`export` is the single entry point (``connectome export RUN_DIR --format F
+--output P``); it dispatches to one writer per format:
+
+============  ==============================================  ==========================
+format        writer                                          output
+============  ==============================================  ==========================
+graphml       :func:`write_graphml`                           file
+neuprint      :func:`graph.export_neuprint.write_neuprint`    directory (Neo4j CSVs)
+precomputed   :func:`graph.export_precomputed.write_precomputed`  directory
+swc           :func:`graph.export_swc.write_swc`              directory (one file/neuron)
+sonata        :func:`graph.export_sonata.write_sonata`        directory (nodes/edges HDF5)
+all           every format above that is available            directory, one entry each
+============  ==============================================  ==========================
+
+Units: every export writes physical coordinates and states them (see each
+writer); the voxel size comes from ``run.json`` (``voxel_size``, µm, z, y, x).
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
+from pathlib import Path
 from typing import IO, Any
 
 import networkx as nx
@@ -12,8 +32,9 @@ import pandas as pd
 from networkx.utils import open_file
 
 from graph.connectome import Connectome
+from graph.export_common import ExportError, resolve_connectome, write_output
 
-__all__ = ["write_graphml"]
+__all__ = ["write_graphml", "export", "EXPORT_FORMATS", "ExportError"]
 
 logger = logging.getLogger(__name__)
 
@@ -114,3 +135,163 @@ def write_graphml(
         view.number_of_nodes(),
         view.number_of_edges(),
     )
+
+
+# --------------------------------------------------------------------------- dispatcher
+
+
+def _export_graphml(conn: Connectome, output: Path, overwrite: bool = False,
+                    multigraph: bool = False) -> Path:
+    def write(tmp: Path) -> None:
+        write_graphml(conn, tmp, multigraph=multigraph)
+
+    return write_output(output, write, overwrite=overwrite)
+
+
+def _export_neuprint(conn: Connectome, output: Path, **options: Any) -> Path:
+    from graph.export_neuprint import write_neuprint
+
+    return write_neuprint(conn, output, **options)
+
+
+def _export_precomputed(conn: Connectome, output: Path, **options: Any) -> Path:
+    from graph.export_precomputed import write_precomputed
+
+    return write_precomputed(conn, output, **options)
+
+
+def _export_swc(conn: Connectome, output: Path, **options: Any) -> Path:
+    from graph.export_swc import write_swc
+
+    return write_swc(conn, output, **options)
+
+
+def _export_sonata(conn: Connectome, output: Path, **options: Any) -> Path:
+    from graph.export_sonata import write_sonata
+
+    return write_sonata(conn, output, **options)
+
+
+#: Format name -> (writer, default output name inside an ``all`` export).
+EXPORT_FORMATS: dict[str, tuple[Callable[..., Path], str]] = {
+    "graphml": (_export_graphml, "connectome.graphml"),
+    "neuprint": (_export_neuprint, "neuprint"),
+    "precomputed": (_export_precomputed, "precomputed"),
+    "swc": (_export_swc, "swc"),
+    "sonata": (_export_sonata, "sonata"),
+}
+
+
+def _export_all(conn: Connectome, output: Path, *, overwrite: bool = False,
+                **options: Any) -> Path:
+    """Every format into ``output/<name>``; kimimaro skeletons are computed once."""
+    needs_labels = {"precomputed", "swc"}
+    shared: dict[str, Any] = {}
+    if options.get("labels") is not None or conn.run_dir is not None:
+        from graph.export_common import label_image, skeletonize_labels, voxel_size_um
+
+        lab = label_image(conn, options.get("labels"))
+        vs = voxel_size_um(conn, options.get("voxel_size"))
+        volume = np.asarray(lab[...])
+        ids = conn.neuron_table["neuron_id"].to_numpy()
+        present = np.intersect1d(np.unique(volume), ids.astype(volume.dtype)).tolist()
+        shared["skeletons"] = skeletonize_labels(
+            volume, vs, present, teasar_params=options.get("teasar_params")
+        )
+        shared["labels"] = volume
+
+    def write(tmp: Path) -> None:
+        tmp.mkdir()
+        for name, (writer, entry) in EXPORT_FORMATS.items():
+            if name in needs_labels and not shared:
+                logger.warning("export all: skipping %s (no label image)", name)
+                continue
+            opts = _options_for(name, {**options, **(shared if name in needs_labels else {})})
+            writer(conn, tmp / entry, **opts)
+
+    return write_output(output, write, overwrite=overwrite)
+
+
+_OPTIONS = {
+    "graphml": {"multigraph"},
+    "neuprint": {"dataset", "voxel_size", "hp_threshold"},
+    "precomputed": {"labels", "voxel_size", "chunk_size", "meshes", "skeletons", "annotations",
+                    "mesh_reduction_factor", "mesh_max_error", "teasar_params"},
+    "swc": {"labels", "voxel_size", "skeletons", "teasar_params", "dust_threshold"},
+    "sonata": {"voxel_size", "population"},
+}
+
+
+def _options_for(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in options.items() if k in _OPTIONS[name]}
+
+
+def export(
+    connectome_or_run_dir: Connectome | str | os.PathLike,
+    format: str,  # noqa: A002 - the CLI's word
+    output: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    **options: Any,
+) -> Path:
+    """Export a connectome (or a run directory) to one format, or to all of them.
+
+    Parameters
+    ----------
+    connectome_or_run_dir : Connectome, str or os.PathLike
+        A connectome, or a run directory (``neurons/synapses/edges.parquet``,
+        ``run.json``, ``labels.zarr/neurons``).
+    format : str
+        One of ``graphml``, ``neuprint``, ``precomputed``, ``swc``, ``sonata``, ``all``
+        (case-insensitive).
+    output : str or os.PathLike
+        File (graphml) or directory (other formats, ``all``) to create.
+    overwrite : bool, default False
+        Replace an existing ``output``; otherwise it is an error.
+    **options
+        Passed to the format's writer (e.g. ``voxel_size``, ``labels``,
+        ``dataset``, ``meshes=False``); with ``all``, each writer gets the
+        options it knows.
+
+    Returns
+    -------
+    pathlib.Path
+        ``output``.
+
+    Raises
+    ------
+    ExportError
+        Unknown format, unknown options, or missing data (label image, voxel size).
+    FileExistsError
+        ``output`` exists and ``overwrite`` is False.
+    FileNotFoundError
+        The run directory or one of its tables is missing.
+
+    Examples
+    --------
+    >>> from graph.export import export
+    >>> export("runs/sample", "neuprint", "exports/neuprint")  # doctest: +SKIP
+    >>> export("runs/sample", "all", "exports/all", overwrite=True)  # doctest: +SKIP
+    """
+    if not isinstance(format, str):
+        raise ExportError(f"format must be a string, got {format!r}")
+    name = format.strip().lower()
+    known = sorted(EXPORT_FORMATS) + ["all"]
+    if name not in known:
+        raise ExportError(f"unknown export format {format!r}; choose one of {known}")
+    allowed = set().union(*_OPTIONS.values()) if name == "all" else _OPTIONS[name]
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise ExportError(
+            f"unknown option(s) {unknown} for format {name!r}; known: {sorted(allowed)}"
+        )
+    out = Path(output)
+    if out.exists() and not overwrite:
+        raise FileExistsError(
+            f"output {str(out)!r} already exists (pass overwrite=True / --overwrite to replace it)"
+        )
+    conn = resolve_connectome(connectome_or_run_dir)
+    if name == "all":
+        return _export_all(conn, out, overwrite=overwrite, **options)
+    writer, _ = EXPORT_FORMATS[name]
+    return writer(conn, out, overwrite=overwrite, **options)

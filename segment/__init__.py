@@ -3,18 +3,27 @@
 :func:`segment_volume` runs, blockwise on the configured executor:
 
 1. global statistics: robust per-channel percentiles and the foreground
-   threshold from a sample of the whole volume (every block uses them);
-2. fragments: per block, on the read region (write region + halo), a boundary
-   map combining inverted fill, barcode discontinuity and membrane, seeds from
-   h-maxima of the distance transform of the foreground interior, seeded
-   watershed; the write region is kept with block-unique ids
-   (``RUN/work/fragments``; smoothed fill and barcode discontinuity in
-   ``RUN/work/evidence``);
-3. region adjacency graph: contacts between fragments inside blocks and
-   across block faces, with the fill and discontinuity along each contact;
-4. global agglomeration with barcode agreement and conflict rules
-   (:mod:`segment.agglomerate`) -> fragment -> neuron lookup table;
-5. relabel: ``RUN/labels.zarr/neurons``, consecutive ids ``1..N`` in raster
+   threshold (Otsu) from a sample of the whole volume, so every block uses
+   the same numbers;
+2. evidence pass: per block, on the read region (write region + halo):
+   normalise, Richardson-Lucy deconvolution of the barcodes (undoes the PSF
+   mixing of neighbouring neurites), smoothed fill, barcode discontinuity and
+   boundary map, stored in ``RUN/work``; each block also votes for the
+   barcode codes of its pure voxels;
+3. codebook: the votes of all blocks give the volume's barcode identities
+   (:mod:`segment.codebook`);
+4. fragments pass: every foreground voxel takes the closest identity,
+   specks are flooded by their neighbours, and the connected pieces of one
+   identity in a block's write region are its fragments (block-unique ids).
+   Without barcodes (or with ``barcode_method="greedy"``) fragments are
+   seeded watershed basins instead (:mod:`segment.kernels`);
+5. region adjacency graph: contacts between fragments inside blocks and
+   across block faces;
+6. global agglomeration (:mod:`segment.agglomerate`): touching pieces of one
+   identity join, pieces of one identity within ``link_radius`` join
+   (long-range linking), different identities never join, tiny pieces join
+   their best neighbour, and small neurons are dropped -> lookup table;
+7. relabel: ``RUN/labels.zarr/neurons``, consecutive ids ``1..N`` in raster
    order of each neuron's first voxel, 0 = background.
 
 Every pass records finished blocks, so a killed run resumes; a rerun gives
@@ -44,18 +53,19 @@ from .blockwise import (
     EVIDENCE_CHANNELS,
     FragmentPlan,
     edges_step,
+    evidence_step,
     fragments_step,
     global_statistics,
     relabel_step,
-    sample_codebook,
 )
+from .codebook import codebook_from_statistics, merge_code_statistics
 from .config import SegmentConfig
 
 __all__ = ["SegmentConfig", "segment_volume", "make_plan", "kernels"]
 
 log = logging.getLogger(__name__)
 
-_STEPS = ("segment_fragments", "segment_edges", "segment_relabel")
+_STEPS = ("segment_evidence", "segment_fragments", "segment_edges", "segment_relabel")
 
 
 def make_plan(volume: Volume, config: SegmentConfig, stats: dict) -> FragmentPlan:
@@ -170,24 +180,6 @@ def segment_volume(volume: Volume, run_dir, config: SegmentConfig | None = None,
     )
     plan = make_plan(volume, config, stats)
     timings["statistics"] = time.perf_counter() - t0
-    codebook = None
-    if plan.barcodes and config.barcode_method == "codebook":
-        t = time.perf_counter()
-        codebook = sample_codebook(
-            volume, plan, max_voxels=config.sample_voxels,
-            pure_discontinuity=config.code_pure_discontinuity, min_brightness=config.code_min_brightness,
-            min_gap=config.code_min_gap, min_support=config.code_min_support,
-            merge_distance=config.code_merge_distance,
-        )
-        if codebook.n_identities:
-            plan = dataclasses.replace(
-                plan, centroids=tuple(tuple(float(v) for v in row) for row in codebook.centroids),
-                identity=tuple(int(i) for i in codebook.identity), despeckle_size=config.despeckle_size,
-            )
-        else:
-            log.warning("%s: no barcode code found; using greedy agglomeration", volume.path)
-        write_json(run_dir / "work" / "codebook.json", codebook.to_dict())
-        timings["codebook"] = time.perf_counter() - t
 
     need = kernels.context_radius(plan.sigma, plan.barcode_sigma if plan.barcodes else None)
     halo = tuple(max(h, n) for h, n in zip(config.halo, need))
@@ -196,23 +188,50 @@ def segment_volume(volume: Volume, run_dir, config: SegmentConfig | None = None,
     work = run_dir / "work"
     state = work / "blocks"
     shape, chunks = volume.spatial_shape, volume.chunks
-    frag_path = _ensure_array(work / "fragments", shape, chunks, "uint64", [state / s for s in _STEPS])
+    stale = [state / s for s in _STEPS]
     ev_path = _ensure_array(work / "evidence", (len(EVIDENCE_CHANNELS),) + tuple(shape), (1,) + tuple(chunks),
-                            "uint8", [state / s for s in _STEPS])
+                            "uint8", stale)
+    bc_path = None
+    if plan.barcodes:
+        bc_path = _ensure_array(work / "barcodes", (len(plan.barcodes),) + tuple(shape), (1,) + tuple(chunks),
+                                "float16", stale)
+    frag_path = _ensure_array(work / "fragments", shape, chunks, "uint64", stale[1:])
     geometry = {"block_shape": list(hgrid.block_shape), "halo": list(halo), "chunks": list(hgrid.chunks),
                 "shape": list(shape), "volume": str(volume.path), "device": device}
 
-    # Pass 1: fragments.
+    # Pass 1: evidence (normalise, deconvolve, boundary map) and codebook votes.
     t = time.perf_counter()
-    step = partial(fragments_step, volume_path=str(volume.path), plan=plan, fragments_path=frag_path,
-                   evidence_path=ev_path, device=device)
-    frag_params = {"plan": plan.to_params(), **geometry}
+    code_params = {"pure_discontinuity": config.code_pure_discontinuity,
+                   "min_brightness": config.code_min_brightness, "min_gap": config.code_min_gap}
+    step = partial(evidence_step, volume_path=str(volume.path), plan=plan, evidence_path=ev_path,
+                   barcodes_path=bc_path, device=device, **code_params)
+    votes = run_blockwise(step, blocks, name="segment_evidence", state_dir=state, executor=executor,
+                          params={"plan": plan.to_params(), **code_params, **geometry}, progress=progress)
+    timings["evidence"] = time.perf_counter() - t
+
+    codebook = None
+    if plan.barcodes and config.barcode_method == "codebook":
+        codebook = codebook_from_statistics(merge_code_statistics(votes), min_support=config.code_min_support,
+                                            merge_distance=config.code_merge_distance)
+        if codebook.n_identities:
+            plan = dataclasses.replace(
+                plan, centroids=tuple(tuple(float(v) for v in row) for row in codebook.centroids),
+                identity=tuple(int(i) for i in codebook.identity), despeckle_size=config.despeckle_size,
+            )
+        else:
+            log.warning("%s: no barcode code found; using greedy agglomeration", volume.path)
+        write_json(work / "codebook.json", codebook.to_dict())
+
+    # Pass 2: fragments.
+    t = time.perf_counter()
+    step = partial(fragments_step, plan=plan, evidence_path=ev_path, barcodes_path=bc_path,
+                   fragments_path=frag_path, shape=tuple(shape), device=device)
     summaries = run_blockwise(step, blocks, name="segment_fragments", state_dir=state, executor=executor,
-                              params=frag_params, progress=progress)
+                              params={"plan": plan.to_params(), **geometry}, progress=progress)
     fragments = FragmentTable.concat(summaries)
     timings["fragments"] = time.perf_counter() - t
 
-    # Pass 2: adjacency edges (inside blocks and across block faces).
+    # Pass 3: adjacency edges (inside blocks and across block faces).
     t = time.perf_counter()
     step = partial(edges_step, fragments_path=frag_path, evidence_path=ev_path)
     edge_params = {"fragments": _digest(fragments.ids, fragments.counts), **geometry}
@@ -237,7 +256,7 @@ def segment_volume(volume: Volume, run_dir, config: SegmentConfig | None = None,
         np.savez(f, keys=fragments.ids, values=neuron_of)
     timings["agglomerate"] = time.perf_counter() - t
 
-    # Pass 3: relabel into RUN/labels.zarr/neurons.
+    # Pass 4: relabel into RUN/labels.zarr/neurons.
     t = time.perf_counter()
     labels_dir = run_dir / "labels.zarr"
     try:

@@ -21,14 +21,17 @@ The *dip* is scale free: a neurite cut crosswise (by a seed or a block face)
 has as much fill on the cut as inside, so its dip is about 0 however dim the
 neurite, while two cells separated by a dark gap have a dip near 1.
 ``barcode_distance`` is the Euclidean distance of the unit directions of the
-two clusters' mean barcode vectors (0 = same code, sqrt 2 = disjoint codes). The best edge is merged while its score is at most
+two clusters' mean barcode vectors (0 = same code, sqrt 2 = disjoint
+codes). The best edge is merged while its score is at most
 ``merge_threshold``; an edge whose barcode distance exceeds
 ``barcode_conflict`` is never merged, however weak the boundary. Because the
 means are recomputed after every merge, a long neuron cut into many fragments
 (by seeds or by block faces) joins piece by piece, while two touching neurons
 with different codes stay apart even where the fill shows no boundary.
 
-Afterwards clusters smaller than ``min_fragment_size`` (too small for their
+With a codebook every fragment has an identity and only the first two rules
+apply; ``links`` (from :func:`proximity_links`) join pieces of one identity
+that do not touch. Afterwards clusters smaller than ``min_fragment_size`` (too small for their
 barcode to be trusted) join the neighbour they share most contact with, and
 clusters smaller than ``min_neuron_size`` become background. Neuron ids
 ``1..N`` are given in raster order of each neuron's first voxel, so they do

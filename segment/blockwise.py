@@ -1,22 +1,27 @@
 """The block steps of segmentation and the global statistics they share.
 
-Three passes run over the block grid with :func:`pipeline.run_blockwise`:
+Four passes run over the block grid with :func:`pipeline.run_blockwise`:
 
-1. :func:`fragments_step` reads the block's read region (write region + halo)
+1. :func:`evidence_step` reads the block's read region (write region + halo)
    of the fill, barcode and membrane channels, normalises them with the
-   *global* percentiles from :func:`global_statistics`, computes fragments on
-   the read region (the halo gives context), keeps the write region, gives
-   each fragment a block-unique id ``block.id << 32 | local id`` and writes
-   the ids to ``RUN/work/fragments`` and the smoothed fill and barcode
-   discontinuity (uint8, two channels) to ``RUN/work/evidence``. It returns
-   per-fragment voxel counts, fill and barcode sums and first-voxel positions.
-2. :func:`edges_step` reads fragments and evidence over the write region
+   *global* percentiles from :func:`global_statistics`, deconvolves the
+   barcodes, and stores the write region of the per-voxel evidence
+   (``RUN/work/evidence``: smoothed fill, barcode discontinuity, boundary
+   map as uint8) and of the deconvolved barcodes (``RUN/work/barcodes``,
+   float16). It returns the block's codebook votes.
+2. :func:`fragments_step` reads the stored evidence of the read region,
+   labels fragments (codebook identities or watershed basins), keeps the
+   write region, gives each fragment a block-unique id
+   ``block.id << 32 | local id`` and writes ``RUN/work/fragments``. It
+   returns per-fragment voxel counts, fill and barcode sums, identity,
+   bounding box and first-voxel position.
+3. :func:`edges_step` reads fragments and evidence over the write region
    plus one voxel on its low faces and counts, for every pair of different
    fragments that touch (6-neighbourhood), the contact voxels and the summed
-   fill and discontinuity along the contact. Every neighbouring voxel pair is counted
-   by exactly one block: the one that owns the pair's upper voxel, so face
-   contacts between blocks are included exactly once.
-3. :func:`relabel_step` maps fragment ids to neuron ids through the lookup
+   fill and discontinuity along the contact. Every neighbouring voxel pair is
+   counted by exactly one block: the one that owns the pair's upper voxel, so
+   face contacts between blocks are included exactly once.
+4. :func:`relabel_step` maps fragment ids to neuron ids through the lookup
    table written by the agglomeration and writes ``RUN/labels.zarr/neurons``.
 """
 
@@ -30,14 +35,17 @@ from typing import Sequence
 import numpy as np
 import zarr
 
-from pipeline import Block, Volume, to_device, to_host
+from pipeline import Block, Volume, array_module, to_device, to_host
 
 from . import kernels
-from .codebook import Codebook, assign_codes, despeckle, discover_codebook
+from .codebook import assign_codes, code_statistics, despeckle
 
 __all__ = [
     "FragmentPlan",
+    "block_evidence",
+    "contact_edges",
     "edges_step",
+    "evidence_step",
     "fragments_step",
     "global_statistics",
     "relabel_step",
@@ -53,7 +61,7 @@ BLOCK_SHIFT = 32
 #: Evidence maps are stored as uint8: ``round(clip(value, 0, 1) * EVIDENCE_SCALE)``.
 EVIDENCE_SCALE = 255.0
 #: Channels of the evidence work array.
-EVIDENCE_CHANNELS = ("fill", "discontinuity")
+EVIDENCE_CHANNELS = ("fill", "discontinuity", "boundary")
 
 
 @dataclass(frozen=True)
@@ -190,31 +198,8 @@ def global_statistics(volume: Volume, channels: Sequence[int], fill: Sequence[in
     return {"lo": lo, "hi": hi, "threshold": float(value), "otsu": otsu, "sample_voxels": int(n_voxels)}
 
 
-def sample_codebook(volume: Volume, plan: "FragmentPlan", *, max_voxels: int = 2**23,
-                    pure_discontinuity: float = 0.15, min_brightness: float = 0.3, min_gap: float = 2.0,
-                    min_support: int = 1000, merge_distance: float = 0.2) -> Codebook:
-    """Discover the barcode codebook on pure voxels of a global sample (see :mod:`segment.codebook`).
-
-    The sample is the same set of chunk-aligned regions as
-    :func:`global_statistics`; each is processed like a block without halo
-    (normalise, deconvolve, evidence). Pure voxels are foreground voxels whose
-    brightest barcode channel reaches ``min_brightness`` and whose barcode
-    discontinuity is below ``pure_discontinuity``.
-    """
-    if not plan.barcodes:
-        return discover_codebook(np.zeros((0, 0)))
-    vectors = []
-    for region in _sample_regions(volume, max_voxels):
-        raw = volume.read(region, plan.channels)
-        ev, bc = block_evidence(raw, plan)
-        pure = ev.foreground & (ev.discontinuity < pure_discontinuity) & (bc.max(axis=0) >= min_brightness)
-        vectors.append(bc[:, pure].T.astype(np.float32))
-    vectors = np.concatenate(vectors) if vectors else np.zeros((0, len(plan.barcodes)), np.float32)
-    return discover_codebook(vectors, min_gap=min_gap, min_support=min_support, merge_distance=merge_distance)
-
-
 # ---------------------------------------------------------------------------
-# Pass 1: fragments
+# Pass 1: evidence (and codebook votes)
 # ---------------------------------------------------------------------------
 def _normalised_inputs(raw, plan: FragmentPlan):
     """Split the read (c, z, y, x) array into normalised fill, barcodes and membrane."""
@@ -248,9 +233,80 @@ def block_evidence(raw, plan: FragmentPlan):
     return ev, barcodes
 
 
-def fragments_step(block: Block, *, volume_path: str, plan: FragmentPlan, fragments_path: str,
-                   evidence_path: str, device: str = "cpu") -> dict:
-    """Pass 1: fragments of one block, written to the fragments array; returns per-fragment sums.
+def _quantise(x):
+    return np.round(np.clip(x, 0.0, 1.0) * EVIDENCE_SCALE).astype(np.uint8)
+
+
+def evidence_step(block: Block, *, volume_path: str, plan: FragmentPlan, evidence_path: str,
+                  barcodes_path: str | None, device: str = "cpu", pure_discontinuity: float = 0.15,
+                  min_brightness: float = 0.3, min_gap: float = 2.0) -> dict:
+    """Pass 1: per-voxel evidence of one block, stored for the later passes; codebook votes.
+
+    Writes the write region of ``RUN/work/evidence`` (uint8 channels
+    :data:`EVIDENCE_CHANNELS`: smoothed fill, barcode discontinuity and
+    boundary map, each scaled by :data:`EVIDENCE_SCALE`) and, when the
+    volume has barcodes, of ``RUN/work/barcodes`` (float16: normalised,
+    deconvolved barcodes).
+
+    Returns
+    -------
+    dict
+        :func:`segment.codebook.code_statistics` of the block's pure voxels
+        (foreground, brightest barcode channel ``>= min_brightness``,
+        discontinuity ``< pure_discontinuity``), empty without barcodes.
+    """
+    volume = Volume.open(volume_path, mode="r")
+    raw = volume.read(block.read, plan.channels)
+    ev, bc = block_evidence(to_device(raw, device), plan)
+    inner = block.write_in_read
+    fill_s = to_host(ev.fill[inner])
+    disc = to_host(ev.discontinuity[inner]) if ev.discontinuity is not None else np.zeros_like(fill_s)
+    boundary = to_host(ev.boundary[inner])
+    zarr.open_array(evidence_path, mode="r+")[(slice(None),) + block.write] = _quantise(
+        np.stack([fill_s, disc, boundary]))
+    if bc is None:
+        return code_statistics(np.zeros((0, 0)))
+    bc_w = to_host(bc[(slice(None),) + inner])
+    zarr.open_array(barcodes_path, mode="r+")[(slice(None),) + block.write] = bc_w.astype(np.float16)
+    pure = (fill_s > plan.threshold) & (disc < pure_discontinuity) & (bc_w.max(axis=0) >= min_brightness)
+    return code_statistics(bc_w[:, pure].T, min_gap=min_gap)
+
+
+# ---------------------------------------------------------------------------
+# Pass 2: fragments
+# ---------------------------------------------------------------------------
+def _stored_evidence(block: Block, plan: FragmentPlan, evidence_path: str, barcodes_path: str | None, device):
+    """Read the stored evidence of a block's read region back into a :class:`kernels.Evidence`."""
+    stored = zarr.open_array(evidence_path, mode="r")[(slice(None),) + block.read]
+    stored = to_device(stored, device)
+    xp = array_module(stored)
+    scale = np.float32(1.0 / EVIDENCE_SCALE)
+    fill_s = stored[0].astype(xp.float32) * scale
+    disc = stored[1].astype(xp.float32) * scale
+    boundary = stored[2].astype(xp.float32) * scale
+    fg = kernels.foreground_mask(fill_s, plan.threshold)
+    bc = None
+    if plan.barcodes:
+        bc = to_device(zarr.open_array(barcodes_path, mode="r")[(slice(None),) + block.read], device)
+        bc = bc.astype(xp.float32)
+    interior = fg
+    if bc is not None and plan.barcode_weight > 0:
+        interior = fg & (disc * np.float32(plan.barcode_weight) < plan.seed_barcode_cut)
+    ev = kernels.Evidence(fill=fill_s, boundary=boundary, foreground=fg, interior=interior,
+                          discontinuity=disc if bc is not None else None)
+    return ev, bc
+
+
+def fragments_step(block: Block, *, plan: FragmentPlan, evidence_path: str, barcodes_path: str | None,
+                   fragments_path: str, shape, device: str = "cpu") -> dict:
+    """Pass 2: fragments of one block from the stored evidence; returns per-fragment sums.
+
+    With a codebook, every foreground voxel gets the closest barcode
+    identity, specks are flooded by their neighbours and fragments are the
+    26-connected pieces of one identity. Without, fragments are seeded
+    watershed basins (seeds from quantised barcodes or from the distance
+    transform). Either way the labels are computed on the read region and
+    the write region is kept, with ids ``block.id << 32 | local id``.
 
     Returns
     -------
@@ -263,35 +319,34 @@ def fragments_step(block: Block, *, volume_path: str, plan: FragmentPlan, fragme
         ``bbox_lo`` / ``bbox_hi`` (int64 (n, 3): global bounding box, max exclusive).
     """
     import cc3d
+    import scipy.ndimage
 
-    volume = Volume.open(volume_path, mode="r")
-    raw = volume.read(block.read, plan.channels)
-    data = to_device(raw, device)
-    ev, bc_full = block_evidence(data, plan)
+    ev, bc = _stored_evidence(block, plan, evidence_path, barcodes_path, device)
     inner = block.write_in_read
     if plan.uses_codebook:
-        # Global barcode identities: assign, despeckle, then connected pieces.
-        labels = assign_codes(bc_full, np.asarray(plan.centroids), np.asarray(plan.identity),
+        labels = assign_codes(bc, np.asarray(plan.centroids), np.asarray(plan.identity),
                               mask=ev.foreground, floor=plan.code_floor)
         labels = despeckle(labels, ev.foreground, ev.boundary, plan.despeckle_size)
-        identity_map = to_host(labels[inner])
-        local = cc3d.connected_components(np.ascontiguousarray(identity_map), connectivity=26,
-                                          out_dtype=np.uint32)
+        identity_map = np.ascontiguousarray(to_host(labels[inner]))
+        # Foreground that no identity reached (no usable barcode nearby) becomes
+        # fragments of its own with identity 0.
+        unknown = np.uint32(max(plan.identity) + 1)
+        pieces = np.where(to_host(ev.foreground[inner]) & (identity_map == 0), unknown, identity_map)
+        local = cc3d.connected_components(np.ascontiguousarray(pieces), connectivity=26, out_dtype=np.uint32)
     else:
         seed_method = plan.seed_method
-        if seed_method == "barcode" and ev.barcodes is None:
+        if seed_method == "barcode" and bc is None:
             seed_method = "hmaxima"
+        seed_bc = kernels.smooth(bc, plan.barcode_sigma) if (bc is not None and seed_method == "barcode") else None
         labels = kernels.fragment_labels(
             ev, seed_method=seed_method, seed_h=plan.seed_h,
-            seed_min_distance=plan.seed_min_distance, sampling=plan.sampling, barcodes=ev.barcodes,
+            seed_min_distance=plan.seed_min_distance, sampling=plan.sampling, barcodes=seed_bc,
             code_alpha=plan.code_alpha, code_floor=plan.code_floor, seed_min_size=plan.seed_min_size,
         )
         identity_map = None
         # Cropping can cut a watershed basin in pieces: keep fragments 6-connected.
         local = cc3d.connected_components(np.ascontiguousarray(to_host(labels[inner])), connectivity=6,
                                           out_dtype=np.uint32)
-    fill_s = to_host(ev.fill[inner])
-    disc = to_host(ev.discontinuity[inner]) if ev.discontinuity is not None else np.zeros_like(fill_s)
     n = int(local.max())
     if n >= 2**BLOCK_SHIFT:
         raise RuntimeError(f"{block}: {n} fragments do not fit in {BLOCK_SHIFT} bits")
@@ -302,26 +357,16 @@ def fragments_step(block: Block, *, volume_path: str, plan: FragmentPlan, fragme
     uniq, first_local, counts = uniq[keep], first_local[keep], counts[keep]
     # Local raster order equals global raster order inside one block.
     coords = np.unravel_index(first_local, local.shape)
-    first = np.ravel_multi_index(tuple(c + o for c, o in zip(coords, block.write_offset)), volume.spatial_shape)
+    first = np.ravel_multi_index(tuple(c + o for c, o in zip(coords, block.write_offset)), tuple(shape))
 
-    bc_w = to_host(bc_full[(slice(None),) + inner]) if bc_full is not None else None
-    fill_sums = np.bincount(flat, weights=np.clip(fill_s, 0, 1).ravel(), minlength=n + 1)[uniq]
-    if bc_w is not None:
+    fill_w = np.clip(to_host(ev.fill[inner]), 0.0, 1.0)
+    fill_sums = np.bincount(flat, weights=fill_w.ravel(), minlength=n + 1)[uniq]
+    if bc is not None:
+        bc_w = to_host(bc[(slice(None),) + inner])
         bc_sums = np.stack([np.bincount(flat, weights=bc_w[k].ravel(), minlength=n + 1)[uniq]
                             for k in range(bc_w.shape[0])], axis=1)
     else:
         bc_sums = np.zeros((len(uniq), 0))
-
-    ids = np.zeros(local.shape, np.uint64)
-    fg = local > 0
-    ids[fg] = (np.uint64(block.id) << np.uint64(BLOCK_SHIFT)) | local[fg].astype(np.uint64)
-    zarr.open_array(fragments_path, mode="r+")[block.write] = ids
-    evidence = np.stack([fill_s, disc])
-    evidence = np.round(np.clip(evidence, 0.0, 1.0) * EVIDENCE_SCALE).astype(np.uint8)
-    zarr.open_array(evidence_path, mode="r+")[(slice(None),) + block.write] = evidence
-    frag_ids = (np.uint64(block.id) << np.uint64(BLOCK_SHIFT)) | uniq.astype(np.uint64)
-    import scipy.ndimage
-
     boxes = scipy.ndimage.find_objects(local)
     offset = np.asarray(block.write_offset, np.int64)
     bbox_lo = np.asarray([[s.start for s in boxes[i - 1]] for i in uniq], np.int64).reshape(-1, 3) + offset
@@ -330,20 +375,25 @@ def fragments_step(block: Block, *, volume_path: str, plan: FragmentPlan, fragme
         identity = identity_map.ravel()[first_local].astype(np.int64)
     else:
         identity = np.zeros(len(uniq), np.int64)
+
+    ids = np.zeros(local.shape, np.uint64)
+    fg = local > 0
+    ids[fg] = (np.uint64(block.id) << np.uint64(BLOCK_SHIFT)) | local[fg].astype(np.uint64)
+    zarr.open_array(fragments_path, mode="r+")[block.write] = ids
     return {
-        "identity": identity,
-        "bbox_lo": bbox_lo,
-        "bbox_hi": bbox_hi,
-        "ids": frag_ids,
+        "ids": (np.uint64(block.id) << np.uint64(BLOCK_SHIFT)) | uniq.astype(np.uint64),
         "counts": counts.astype(np.int64),
         "first": np.asarray(first, np.int64),
         "barcode_sums": bc_sums.astype(np.float64),
         "fill_sums": fill_sums.astype(np.float64),
+        "identity": identity,
+        "bbox_lo": bbox_lo,
+        "bbox_hi": bbox_hi,
     }
 
 
 # ---------------------------------------------------------------------------
-# Pass 2: region adjacency edges
+# Pass 3: region adjacency edges
 # ---------------------------------------------------------------------------
 def contact_edges(labels: np.ndarray, features: np.ndarray, margins: Sequence[int]) -> dict:
     """Contacts between different non-zero labels along z, y and x.
@@ -397,19 +447,22 @@ def contact_edges(labels: np.ndarray, features: np.ndarray, margins: Sequence[in
 
 
 def edges_step(block: Block, *, fragments_path: str, evidence_path: str) -> dict:
-    """Pass 2: the region adjacency edges owned by one block (see :func:`contact_edges`)."""
+    """Pass 3: the region adjacency edges owned by one block (see :func:`contact_edges`).
+
+    The features are the stored smoothed fill and barcode discontinuity.
+    """
     region = tuple(slice(max(w.start - 1, 0), w.stop) for w in block.write)
     margins = [w.start - r.start for w, r in zip(block.write, region)]
     labels = zarr.open_array(fragments_path, mode="r")[region]
-    features = zarr.open_array(evidence_path, mode="r")[(slice(None),) + region]
+    features = zarr.open_array(evidence_path, mode="r")[(slice(0, 2),) + region]
     return contact_edges(labels, features, margins)
 
 
 # ---------------------------------------------------------------------------
-# Pass 3: relabel
+# Pass 4: relabel
 # ---------------------------------------------------------------------------
 def relabel_step(block: Block, *, fragments_path: str, lut_path: str, labels_path: str) -> dict:
-    """Pass 3: write neuron ids for one block through the fragment -> neuron lookup table.
+    """Pass 4: write neuron ids for one block through the fragment -> neuron lookup table.
 
     Returns ``{"voxels": int}`` (non-zero voxels written).
     """

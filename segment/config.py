@@ -41,7 +41,9 @@ class SegmentConfig(StrictModel):
         is measured, in ``sigma_unit``.
     psf_sigma : float or (z, y, x)
         Standard deviation of the microscope's point-spread function, in
-        ``sigma_unit``, for the deconvolution of the barcode channels.
+        ``sigma_unit``, for the deconvolution of the barcode channels. The
+        default, 1.5 voxels, is the PSF of the bundled sample (0.6, 0.15,
+        0.15 um at 0.4, 0.1, 0.1 um voxels); set it for your microscope.
     deconvolution_iterations : int
         Richardson-Lucy iterations on the barcode channels (0 disables).
         Deconvolution separates the codes of neurites that the PSF blurs
@@ -53,8 +55,8 @@ class SegmentConfig(StrictModel):
         percentiles of a global sample become 0 and 1 (the same numbers for
         every block, so blocks agree).
     sample_voxels : int
-        Upper bound on the voxels read (per channel) to estimate the global
-        percentiles and the Otsu threshold.
+        Upper bound on the voxels read (per channel, whole chunks spread over
+        the volume) to estimate the global percentiles and the Otsu threshold.
     threshold_method : {"otsu", "fixed"}
         Foreground threshold on the smoothed, normalised fill: Otsu's threshold
         computed once on the global sample, or ``threshold``.
@@ -81,7 +83,7 @@ class SegmentConfig(StrictModel):
     code_min_gap : float
         Smallest on/off ratio gap for a codebook voxel to vote for its code.
     code_min_support : int
-        Voxels (of the global sample) a code needs to enter the codebook.
+        Pure voxels (summed over all blocks) a code needs to enter the codebook.
     code_merge_distance : float
         Codes whose mean directions are closer than this are one identity.
     link_radius : float
@@ -95,8 +97,10 @@ class SegmentConfig(StrictModel):
         block's read region) are flooded by their neighbours.
     barcode_weight : float
         How much barcode discontinuity (0..1) adds to the boundary map
-        (0 disables that term: ablation). Barcodes still guide agglomeration
-        unless ``use_barcodes`` is false.
+        (0 disables that term: ablation). The boundary map is the watershed
+        landscape of the greedy and fill-only methods and, with a codebook,
+        only the landscape on which specks are flooded; barcodes still decide
+        identities and merges unless ``use_barcodes`` is false.
     barcode_floor : float
         Regulariser of the barcode direction ``b / sqrt(|b|^2 + floor^2)``
         (normalised units): dim voxels, whose direction is noise, change little.
@@ -157,13 +161,13 @@ class SegmentConfig(StrictModel):
     sigma: Triple = (0.5, 1.0, 1.0)
     barcode_sigma: Triple = (0.5, 1.0, 1.0)
     psf_sigma: Triple = (1.5, 1.5, 1.5)
-    deconvolution_iterations: int = Field(default=8, ge=0)
+    deconvolution_iterations: int = Field(default=12, ge=0)
     sigma_unit: Literal["voxel", "physical"] = "voxel"
     norm_percentiles: tuple[float, float] = (1.0, 99.5)
     sample_voxels: int = Field(default=2**23, ge=1000)
     threshold_method: Literal["otsu", "fixed"] = "otsu"
     threshold: float = 0.2
-    threshold_scale: float = Field(default=0.6, gt=0)
+    threshold_scale: float = Field(default=0.4, gt=0)
     use_barcodes: bool = True
     barcode_method: Literal["codebook", "greedy"] = "codebook"
     code_pure_discontinuity: float = Field(default=0.15, gt=0)
@@ -185,7 +189,7 @@ class SegmentConfig(StrictModel):
     seed_h: float = Field(default=0.5, ge=0)
     seed_min_distance: float = Field(default=3.0, ge=1)
     seed_barcode_cut: float = Field(default=0.3, gt=0)
-    halo: tuple[int, int, int] = (4, 16, 16)
+    halo: tuple[int, int, int] = (8, 16, 16)
     min_fragment_size: int = Field(default=20, ge=0)
     min_neuron_size: int = Field(default=100, ge=0)
     merge_threshold: float = Field(default=0.5, ge=0)

@@ -4,25 +4,32 @@ Every kernel takes arrays and returns the same kind of array; inside,
 ``xp = array_module(x)`` and ``ndi = ndimage(x)`` pick NumPy/SciPy or
 CuPy/cupyx. The pieces that have no GPU implementation yet are marked
 *CPU fallback*: on a CuPy array they copy to the host, run there and copy the
-result back. These are :func:`h_maxima_seeds` (grey reconstruction) and
+result back. These are :func:`h_maxima_seeds` (grey reconstruction),
+:func:`barcode_seeds` (cc3d components) and
 :func:`seeded_watershed` (scikit-image's watershed); a GPU watershed is a
 later piece of work (see DESIGN.md, "Algorithms").
 
 The chain for one block (all on the block's *read* region)::
 
     raw (c,z,y,x) --normalize--> [0, ~1] per channel, global percentiles
+      barcodes --deconvolve--> Richardson-Lucy, Gaussian PSF (optional)
       fill  --smooth--> fill_s --threshold--> foreground
       barcodes --smooth--> direction u = b / sqrt(|b|^2 + floor^2)
                         --central differences--> discontinuity D in [0, 1]
-      boundary B = clip((1 - fill_s) + w_b * D + w_m * membrane_s, 0, 1)
+      boundary B = clip(w_f (1 - fill_s) + w_b D + w_m membrane_s, 0, 1)
       interior = foreground & (w_b * D < cut)
-      seeds = maxima of the distance transform of interior (h-maxima)
+
+and then either barcode identities (:mod:`segment.codebook`) or watershed
+fragments::
+
+      seeds = quantised-barcode regions, or maxima of the distance transform
+              of the interior (h-maxima / local maxima)
       fragments = watershed(B, seeds, mask=foreground)
 
 The normalisation, smoothing, discontinuity and boundary map are local: a block
 whose halo is at least :func:`context_radius` voxels gives exactly the values
-of the whole-volume computation in its write region. The seeds and the
-watershed are not local; blocks are stitched afterwards (see
+of the whole-volume computation in its write region. Deconvolution, seeds and
+the watershed are not local; blocks are stitched afterwards (see
 :mod:`segment.agglomerate`).
 """
 
@@ -62,6 +69,8 @@ log = logging.getLogger(__name__)
 
 #: Gaussian kernels are cut at this many sigmas (as scipy's ``truncate``).
 TRUNCATE = 4.0
+#: Truncation of the PSF in the deconvolution (cheaper; the result barely changes).
+PSF_TRUNCATE = 2.5
 
 
 def _is_gpu(x) -> bool:
@@ -161,9 +170,9 @@ def deconvolve(x, psf_sigma: Sequence[float], iterations: int, *, eps: float = 1
     for c in range(obs.shape[0]):
         o, e = obs[c], est[c]
         for _ in range(int(iterations)):
-            conv = ndi.gaussian_filter(e, sigma, mode="reflect", truncate=3.0)
+            conv = ndi.gaussian_filter(e, sigma, mode="reflect", truncate=PSF_TRUNCATE)
             xp.maximum(conv, np.float32(eps), out=conv)
-            e *= ndi.gaussian_filter(o / conv, sigma, mode="reflect", truncate=3.0)
+            e *= ndi.gaussian_filter(o / conv, sigma, mode="reflect", truncate=PSF_TRUNCATE)
     return est
 
 

@@ -93,11 +93,10 @@ def _cmd_evaluate(args) -> int:
 
 
 def _cmd_export(args) -> int:
-    from graph import Connectome, write_graphml
+    from graph.export import export
 
-    connectome = Connectome.load(args.run_dir)
-    if args.format == "graphml":
-        write_graphml(connectome, args.output, multigraph=args.multigraph)
+    options = {"multigraph": True} if args.multigraph else {}
+    export(args.run_dir, args.format, args.output, overwrite=args.overwrite, **options)
     print(f"wrote {args.format} to {args.output}")
     return EXIT_OK
 
@@ -146,9 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a run's connectome",
                        epilog="example: connectome export runs/sample --format graphml --output sample.graphml")
     p.add_argument("run_dir", type=Path)
-    p.add_argument("--format", choices=("graphml",), required=True)
+    p.add_argument("--format", choices=("graphml", "neuprint", "precomputed", "swc", "sonata", "all"),
+                   required=True, help="all writes every format into OUTPUT/")
     p.add_argument("--output", type=Path, required=True)
-    p.add_argument("--multigraph", action="store_true", help="one graph edge per synapse")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing export")
+    p.add_argument("--multigraph", action="store_true", help="graphml: one graph edge per synapse")
     p.set_defaults(func=_cmd_export)
     return parser
 

@@ -1,0 +1,258 @@
+"""Segmentation kernels, codebook and agglomeration on tiny arrays (no volumes, no runner)."""
+
+import numpy as np
+import pytest
+import scipy.ndimage as ndi
+
+from pipeline import ConfigError, validate_config
+from segment import kernels
+from segment.agglomerate import EdgeTable, FragmentTable, agglomerate, proximity_links
+from segment.blockwise import contact_edges
+from segment.codebook import (
+    assign_codes,
+    code_statistics,
+    codebook_from_statistics,
+    despeckle,
+    gap_codes,
+    merge_code_statistics,
+)
+from segment.config import SegmentConfig
+
+
+# -- kernels ---------------------------------------------------------------
+def test_normalize_maps_percentiles_and_clips():
+    data = np.array([[[[10, 20, 30, 1000]]], [[[0, 5, 10, 15]]]], dtype=np.uint16)
+    out = kernels.normalize(data, lo=[10, 5], hi=[30, 15], clip_max=4.0)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out[0, 0, 0], [0.0, 0.5, 1.0, 4.0])
+    np.testing.assert_allclose(out[1, 0, 0], [0.0, 0.0, 0.5, 1.0])
+    with pytest.raises(ValueError, match="one lo/hi per channel"):
+        kernels.normalize(data, lo=[0], hi=[1])
+    with pytest.raises(ValueError, match=r"\(c, z, y, x\)"):
+        kernels.normalize(data[0], lo=[0], hi=[1])
+
+
+def test_barcode_discontinuity_is_zero_inside_and_high_between_codes():
+    bc = np.zeros((2, 6, 12, 12), np.float32)
+    bc[0, :, :, :6] = 1.0          # left half: code (1, 0)
+    bc[1, :, :, 6:] = 0.8          # right half: code (0, 1), other brightness
+    d = kernels.barcode_discontinuity(bc, floor=0.05)
+    assert d.shape == (6, 12, 12) and d.dtype == np.float32
+    assert float(d[:, :, :4].max()) == 0.0 and float(d[:, :, 8:].max()) == 0.0
+    assert float(d[:, :, 5:7].min()) > 0.4
+    # brightness alone does not count: one code at two levels
+    same = np.ones((2, 4, 8, 8), np.float32)
+    same[:, :, :, 4:] *= 0.3
+    assert float(kernels.barcode_discontinuity(same, floor=0.01).max()) < 0.05
+
+
+def test_boundary_map_combines_terms_in_unit_range():
+    fill = np.array([[[0.0, 0.5, 1.0, 2.0]]], np.float32)
+    disc = np.array([[[0.0, 0.2, 0.2, 0.9]]], np.float32)
+    b = kernels.boundary_map(fill, disc, barcode_weight=1.0)
+    np.testing.assert_allclose(b[0, 0], [1.0, 0.7, 0.2, 0.9], rtol=1e-6)
+    np.testing.assert_allclose(kernels.boundary_map(fill, disc, barcode_weight=0.0)[0, 0], [1.0, 0.5, 0.0, 0.0])
+
+
+def test_context_radius_covers_smoothing_and_differences():
+    assert kernels.context_radius((0.5, 1.0, 1.0)) == (2, 4, 4)
+    assert kernels.context_radius((0.5, 1.0, 1.0), (1.0, 1.0, 1.0)) == (5, 5, 5)
+
+
+def test_deconvolve_sharpens_a_blurred_point_and_keeps_zero_iterations():
+    x = np.zeros((1, 15, 15, 15), np.float32)
+    x[0, 7, 7, 7] = 100.0
+    blurred = ndi.gaussian_filter(x, (0, 1.5, 1.5, 1.5)) + 1e-3
+    assert kernels.deconvolve(blurred, (1.5, 1.5, 1.5), 0) is blurred
+    sharp = kernels.deconvolve(blurred, (1.5, 1.5, 1.5), 10)
+    assert sharp.shape == blurred.shape
+    assert sharp[0, 7, 7, 7] > 3 * blurred[0, 7, 7, 7]
+    assert abs(float(sharp.sum()) - float(blurred.sum())) < 0.05 * float(blurred.sum())
+
+
+def test_seeded_watershed_labels_every_masked_voxel():
+    mask = np.zeros((5, 20, 20), bool)
+    mask[1:4, 2:8, 2:8] = True
+    mask[1:4, 12:18, 12:18] = True          # a component without a seed
+    seeds = np.zeros(mask.shape, np.uint32)
+    seeds[2, 5, 5] = 1
+    labels = kernels.seeded_watershed(np.zeros(mask.shape, np.float32), seeds, mask)
+    assert set(np.unique(labels[mask])) == {1, 2}
+    assert (labels[~mask] == 0).all()
+
+
+@pytest.mark.parametrize("method", ["hmaxima", "local_max"])
+def test_distance_seeds_split_two_balls(method):
+    z, y, x = np.ogrid[:12, :24, :40]
+    mask = ((z - 6) ** 2 + (y - 12) ** 2 + (x - 10) ** 2 <= 36) | ((z - 6) ** 2 + (y - 12) ** 2 + (x - 29) ** 2 <= 36)
+    ev = kernels.Evidence(fill=mask.astype(np.float32), boundary=1.0 - mask.astype(np.float32),
+                          foreground=mask, interior=mask, discontinuity=None)
+    labels = kernels.fragment_labels(ev, seed_method=method, seed_h=1.0, seed_min_distance=4.0)
+    assert len(np.unique(labels[mask])) == 2
+    assert labels[6, 12, 10] != labels[6, 12, 29]
+
+
+# -- codebook ----------------------------------------------------------------
+def test_gap_codes_find_on_channels_despite_levels():
+    v = np.array([
+        [1.3, 0.6, 0.02, 0.03],    # channels 0, 1 on at different levels
+        [0.01, 0.9, 0.8, 1.4],     # channels 1, 2, 3
+        [0.5, 0.5, 0.5, 0.5],      # no gap: not confident
+    ])
+    codes, confident = gap_codes(v, min_gap=2.0)
+    assert codes[0] == 0b0011 and codes[1] == 0b1110
+    assert confident.tolist() == [True, True, False]
+
+
+def test_codebook_drops_mixtures_and_groups_near_codes():
+    rng = np.random.default_rng(0)
+
+    def votes(code_bits, n, levels):
+        v = np.full((n, 5), 0.02) + rng.normal(0, 0.005, (n, 5))
+        for b, level in zip(code_bits, levels):
+            v[:, b] = level
+        return v
+
+    a = votes([0, 1], 500, [1.0, 1.0])
+    b = votes([2, 3], 400, [1.0, 1.0])
+    mix = votes([0, 1, 2, 3], 200, [1.0, 1.0, 1.0, 1.0])    # blur mixture of a and b
+    dim = votes([0, 1, 4], 150, [1.0, 1.0, 0.2])              # a with a faint extra channel
+    stats = merge_code_statistics([code_statistics(x) for x in (a, b, mix, dim)])
+    book = codebook_from_statistics(stats, min_support=100, merge_distance=0.2)
+    assert set(book.codes.tolist()) == {0b00011, 0b01100, 0b10011}
+    assert book.n_identities == 2
+    ident = dict(zip(book.codes.tolist(), book.identity.tolist()))
+    assert ident[0b10011] == ident[0b00011] != ident[0b01100]
+    assert book.code_strings()[0] == "11000"
+    assert codebook_from_statistics(stats, min_support=10_000).n_identities == 0
+
+
+def test_assign_codes_and_despeckle():
+    cent = np.array([[1.0, 0.0], [0.0, 1.0]])
+    bc = np.zeros((2, 3, 10, 10), np.float32)
+    bc[0, :, :, :5] = 1.0
+    bc[1, :, :, 5:] = 1.0
+    bc[:, 1, 4, 2] = [0.0, 1.0]            # one speck of the other code
+    bc[:, 0, 0, 0] = 0.0                   # too dim to call
+    mask = np.ones((3, 10, 10), bool)
+    labels = assign_codes(bc, cent, [7, 9], mask=mask, floor=0.1)
+    assert labels.dtype == np.uint32
+    assert labels[0, 0, 0] == 0 and labels[1, 4, 2] == 9 and labels[2, 2, 2] == 7 and labels[2, 2, 8] == 9
+    clean = despeckle(labels, mask, np.zeros(mask.shape, np.float32), min_size=5)
+    assert clean[1, 4, 2] == 7 and clean[0, 0, 0] == 7
+    assert (clean[:, :, 5:] == 9).all()
+
+
+# -- edges and agglomeration ---------------------------------------------------
+def test_contact_edges_count_each_pair_once_across_blocks():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 4, size=(6, 8, 8)).astype(np.uint64)
+    feats = rng.integers(0, 256, size=(2, 6, 8, 8)).astype(np.uint8)
+    whole = contact_edges(labels, feats, (0, 0, 0))
+    # the same contacts from 2 x 2 x 2 blocks, each with its one-voxel low margin
+    parts = []
+    for z0 in (0, 3):
+        for y0 in (0, 4):
+            for x0 in (0, 4):
+                lo = [max(z0 - 1, 0), max(y0 - 1, 0), max(x0 - 1, 0)]
+                region = (slice(lo[0], z0 + 3), slice(lo[1], y0 + 4), slice(lo[2], x0 + 4))
+                margins = [z0 - lo[0], y0 - lo[1], x0 - lo[2]]
+                parts.append(contact_edges(labels[region], feats[(slice(None),) + region], margins))
+    table = EdgeTable.concat(parts)
+    np.testing.assert_array_equal(table.a, whole["a"])
+    np.testing.assert_array_equal(table.b, whole["b"])
+    np.testing.assert_array_equal(table.contact, whole["contact"])
+    np.testing.assert_allclose(table.fill_sum, whole["sums"][:, 0])
+
+
+def _table(counts, identity, barcodes=None, fill=None, first=None, lo=None, hi=None):
+    n = len(counts)
+    return FragmentTable(
+        ids=np.arange(1, n + 1, dtype=np.uint64),
+        counts=np.asarray(counts, np.int64),
+        first=np.asarray(first if first is not None else np.arange(n) * 10, np.int64),
+        barcode_sums=np.asarray(barcodes if barcodes is not None else np.zeros((n, 2)), float),
+        fill_sums=np.asarray(fill if fill is not None else np.asarray(counts, float) * 0.8),
+        identity=np.asarray(identity, np.int64),
+        bbox_lo=np.asarray(lo if lo is not None else np.zeros((n, 3)), np.int64),
+        bbox_hi=np.asarray(hi if hi is not None else np.ones((n, 3)), np.int64),
+    )
+
+
+def _edges(pairs, contact=10, fill=0.8):
+    a = np.array([p[0] for p in pairs], np.uint64)
+    b = np.array([p[1] for p in pairs], np.uint64)
+    c = np.full(len(pairs), contact, np.int64)
+    return EdgeTable(a, b, c, c * fill, np.zeros(len(pairs)))
+
+
+def test_agglomerate_joins_same_identity_and_refuses_conflicts():
+    frags = _table([500, 400, 300, 600, 10], identity=[1, 1, 2, 2, 0], first=[40, 30, 20, 10, 0])
+    edges = _edges([(1, 2), (2, 3), (3, 4), (4, 5)])
+    neuron_of, info = agglomerate(frags, edges, merge_threshold=0.5, min_fragment_size=20, min_neuron_size=0)
+    # 1+2 (identity 1), 3+4 (identity 2), tiny 5 joins its only neighbour 4
+    assert neuron_of[0] == neuron_of[1] != neuron_of[2]
+    assert neuron_of[2] == neuron_of[3] == neuron_of[4]
+    # ids follow the raster order of each neuron's first voxel: identity 2 holds voxel 0
+    assert neuron_of[4] == 1 and neuron_of[0] == 2
+    assert info["n_neurons"] == 2 and info["n_merges"] + info["n_small_merges"] == 3
+
+
+def test_agglomerate_with_mean_barcodes_and_size_filter():
+    bars = [[10.0, 0.0], [9.0, 0.5], [0.0, 10.0]]
+    frags = _table([100, 100, 100], identity=[0, 0, 0], barcodes=bars)
+    edges = _edges([(1, 2), (2, 3)])
+    neuron_of, _ = agglomerate(frags, edges, merge_threshold=0.5, barcode_conflict=0.4, min_neuron_size=0)
+    assert neuron_of[0] == neuron_of[1] != neuron_of[2]
+    blind, _ = agglomerate(frags, edges, merge_threshold=0.5, use_barcodes=False, min_neuron_size=0)
+    assert len(set(blind.tolist())) == 1
+    dropped, info = agglomerate(frags, edges, merge_threshold=0.5, min_neuron_size=150)
+    assert dropped[2] == 0 and dropped[0] == 1 and info["n_dropped"] == 1
+
+
+def test_proximity_links_respect_identity_and_distance():
+    lo = [[0, 0, 0], [0, 0, 12], [0, 0, 40], [0, 0, 12]]
+    hi = [[2, 2, 10], [2, 2, 20], [2, 2, 50], [2, 2, 20]]
+    frags = _table([50, 50, 50, 50], identity=[1, 1, 1, 2], lo=lo, hi=hi)
+    pairs = proximity_links(frags, (1.0, 0.1, 0.1), radius=0.5)
+    assert pairs.tolist() == [[0, 1]]          # gap 2 voxels = 0.2; fragment 2 is 2.0 away; 3 is another code
+    assert len(proximity_links(frags, (1.0, 0.1, 0.1), radius=5.0)) == 3
+    neuron_of, info = agglomerate(frags, _edges([]), merge_threshold=0.5, links=pairs, min_neuron_size=0)
+    assert neuron_of[0] == neuron_of[1] and len(set(neuron_of.tolist())) == 3 and info["n_links"] == 1
+
+
+# -- config ------------------------------------------------------------------
+def test_config_defaults_and_validation():
+    cfg = SegmentConfig()
+    assert cfg.barcode_method == "codebook" and cfg.use_barcodes
+    assert SegmentConfig(sigma=2.0).sigma == (2.0, 2.0, 2.0)
+    assert SegmentConfig(sigma_unit="physical", sigma=(0.4, 0.1, 0.1)).sigma_voxels((0.4, 0.1, 0.1)) == (1.0, 1.0, 1.0)
+    with pytest.raises(ConfigError, match="barcode_weight"):
+        validate_config(SegmentConfig, {"barcode_weight": -1}, "segment")
+    with pytest.raises(ConfigError, match="unknown key"):
+        validate_config(SegmentConfig, {"sigmaa": 1}, "segment")
+    with pytest.raises(ConfigError, match="norm_percentiles"):
+        validate_config(SegmentConfig, {"norm_percentiles": [50, 10]}, "segment")
+
+
+# -- GPU ---------------------------------------------------------------------
+@pytest.mark.gpu
+def test_gpu_kernels_match_cpu():
+    cp = pytest.importorskip("cupy")
+    try:
+        if cp.cuda.runtime.getDeviceCount() < 1:
+            pytest.skip("no CUDA device")
+    except Exception:  # noqa: BLE001 - CUDA raises its own error types without a driver
+        pytest.skip("no CUDA device")
+    rng = np.random.default_rng(0)
+    bc = rng.random((3, 8, 16, 16)).astype(np.float32)
+    fill = rng.random((8, 16, 16)).astype(np.float32)
+    cpu = kernels.compute_evidence(fill, bc, sigma=(0.5, 1, 1), barcode_sigma=(0.5, 1, 1), threshold=0.5)
+    gpu = kernels.compute_evidence(cp.asarray(fill), cp.asarray(bc), sigma=(0.5, 1, 1),
+                                   barcode_sigma=(0.5, 1, 1), threshold=0.5)
+    np.testing.assert_allclose(cp.asnumpy(gpu.boundary), cpu.boundary, atol=1e-4)
+    np.testing.assert_allclose(cp.asnumpy(gpu.discontinuity), cpu.discontinuity, atol=1e-4)
+    dec = kernels.deconvolve(cp.asarray(bc), (1.0, 1.0, 1.0), 3)
+    np.testing.assert_allclose(cp.asnumpy(dec), kernels.deconvolve(bc, (1.0, 1.0, 1.0), 3), rtol=1e-3, atol=1e-4)
+    labels = assign_codes(cp.asarray(bc), np.eye(3), [1, 2, 3], floor=0.0)
+    np.testing.assert_array_equal(cp.asnumpy(labels), assign_codes(bc, np.eye(3), [1, 2, 3], floor=0.0))

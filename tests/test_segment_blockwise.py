@@ -1,0 +1,179 @@
+"""segment_volume end to end on small synthetic volumes: blocks, stitching, barcodes, reruns, errors.
+
+Tolerance for block-shape independence: on the truth foreground every block
+shape reproduces the one-block segmentation exactly here (VOI 0); over all
+voxels labelled by either run (which includes the blurred halo around the
+neurons, outside the truth) the VOI between a blocked run and the one-block
+run stays below 0.5 bits.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import zarr
+
+from pipeline import BlockGrid, Channel, ComputeConfig, ConfigError, Executor, MissingChannelError, Volume
+from pipeline.volume import open_label_image
+from segment import SegmentConfig, segment_volume
+from segment.synthetic import Ball, Tube, random_objects, render, write_volume
+
+#: Settings for volumes of a few thousand voxels per neuron (the defaults suit the 96x256x256 sample).
+SMALL = dict(code_min_support=50, psf_sigma=(0.7, 1.0, 1.0), min_neuron_size=50)
+
+
+def voi(a, b):
+    """Variation of information (bits) between two label arrays, from their contingency table."""
+    a = np.asarray(a).ravel()
+    b = np.asarray(b).ravel()
+    _, ai = np.unique(a, return_inverse=True)
+    _, bi = np.unique(b, return_inverse=True)
+    joint = np.bincount(ai * (bi.max() + 1) + bi).astype(float)
+    joint = joint[joint > 0] / a.size
+    pa = np.bincount(ai) / a.size
+    pb = np.bincount(bi) / a.size
+
+    def h(p):
+        return float(-(p * np.log2(p)).sum())
+
+    return 2 * h(joint) - h(pa) - h(pb)
+
+
+def _segment(tmp_path, synthetic, block_shape, name="run", chunks=(8, 32, 32), executor=None, **overrides):
+    path = tmp_path / "volume.zarr"
+    volume = Volume.open(path) if path.exists() else write_volume(path, synthetic, chunks_zyx=chunks)
+    grid = BlockGrid(volume.spatial_shape, block_shape, chunks=volume.chunks)
+    summary = segment_volume(volume, tmp_path / name, SegmentConfig(**{**SMALL, **overrides}), grid=grid,
+                             executor=executor or Executor(ComputeConfig(scheduler="synchronous")))
+    return summary, zarr.open_array(summary["labels_path"], mode="r")[:]
+
+
+@pytest.fixture(scope="module")
+def scene():
+    shape = (24, 64, 64)
+    return render(shape, random_objects(shape, 8, n_barcodes=6, seed=2), seed=2)
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory, scene):
+    """The scene segmented as one block: (folder, summary, labels)."""
+    folder = tmp_path_factory.mktemp("whole")
+    summary, labels = _segment(folder, scene, (24, 64, 64))
+    return folder, summary, labels
+
+
+def test_touching_tubes_with_different_barcodes_are_split(tmp_path):
+    tubes = [Tube((8, 20, 2), (8, 20, 62), 3.5, (1, 1, 0, 0)), Tube((8, 27, 2), (8, 27, 62), 3.5, (0, 0, 1, 1))]
+    syn = render((16, 48, 64), tubes, seed=0)
+    summary, labels = _segment(tmp_path, syn, (8, 16, 32), chunks=(8, 16, 32))
+    assert summary["n_neurons"] == 2 and summary["method"] == "codebook" and summary["n_blocks"] == 12
+    fg = syn.truth > 0
+    assert voi(syn.truth[fg], labels[fg]) < 1e-9
+    # Without barcodes the same fill gives one merged neuron (the ablation).
+    summary, labels = _segment(tmp_path, syn, (8, 16, 32), name="fill_only", chunks=(8, 16, 32),
+                               use_barcodes=False)
+    assert summary["method"] == "fill" and len(np.unique(labels[fg])) == 1
+
+
+def test_one_tube_across_block_faces_is_one_neuron(tmp_path):
+    objects = [Tube((8, 30, 4), (8, 34, 60), 3.0, (1, 0, 1, 0)), Ball((8, 50, 20), 5.0, (0, 1, 0, 1))]
+    syn = render((16, 64, 64), objects, seed=1)
+    summary, labels = _segment(tmp_path, syn, (16, 32, 32))
+    tube = labels[syn.truth == 1]
+    assert len(np.unique(tube)) == 1 and tube[0] > 0
+    assert np.unique(labels[syn.truth == 2]).tolist() != np.unique(tube).tolist()
+    assert summary["n_neurons"] == 2 and summary["n_blocks"] == 4
+
+
+def test_labels_are_an_ome_zarr_label_image_with_consecutive_ids(scene, whole):
+    folder, summary, labels = whole
+    arr = open_label_image(folder / "run" / "labels.zarr", "neurons")
+    assert arr.dtype == np.uint64 and arr.shape == scene.truth.shape
+    meta = json.loads((folder / "run" / "labels.zarr" / "neurons" / "zarr.json").read_text())
+    assert "image-label" in meta["attributes"]["ome"]
+    ids = np.unique(labels)
+    assert ids.tolist() == list(range(0, summary["n_neurons"] + 1))
+    fg = scene.truth > 0
+    assert voi(scene.truth[fg], labels[fg]) < 0.05
+    assert set(summary["timings"]) >= {"statistics", "evidence", "fragments", "edges", "agglomerate", "relabel"}
+    assert summary["n_fragments"] >= summary["n_neurons"]
+
+
+@pytest.mark.parametrize("block_shape", [(8, 32, 32), (16, 32, 64), (24, 64, 32)])
+def test_block_shape_changes_little(scene, whole, block_shape):
+    folder, _, one_block = whole
+    summary, blocked = _segment(folder, scene, block_shape, name=f"blocks_{block_shape[0]}_{block_shape[2]}")
+    assert summary["n_blocks"] > 1
+    fg = scene.truth > 0
+    assert voi(one_block[fg], blocked[fg]) < 0.05
+    assert voi(scene.truth[fg], blocked[fg]) < 0.05
+    either = (one_block > 0) | (blocked > 0)
+    assert voi(one_block[either], blocked[either]) < 0.5
+
+
+def test_evidence_is_exact_blockwise_without_deconvolution(tmp_path, scene):
+    _segment(tmp_path, scene, (24, 64, 64), name="whole", deconvolution_iterations=0)
+    _segment(tmp_path, scene, (8, 32, 32), name="blocked", deconvolution_iterations=0)
+    for name in ("evidence", "barcodes"):
+        a = zarr.open_array(str(tmp_path / "whole" / "work" / name), mode="r")[:]
+        b = zarr.open_array(str(tmp_path / "blocked" / "work" / name), mode="r")[:]
+        np.testing.assert_array_equal(a, b)
+
+
+def test_rerun_and_resume_are_identical(tmp_path, scene):
+    first, labels = _segment(tmp_path, scene, (8, 32, 32))
+    again, same = _segment(tmp_path, scene, (8, 32, 32))           # every block done: resumes
+    np.testing.assert_array_equal(labels, same)
+    # a run killed half way: drop some done-markers and garble the output of those blocks
+    state = tmp_path / "run" / "work" / "blocks"
+    grid = BlockGrid(scene.truth.shape, (8, 32, 32), chunks=(8, 32, 32))
+    out = zarr.open_array(str(tmp_path / "run" / "labels.zarr" / "neurons" / "0"), mode="r+")
+    frags = zarr.open_array(str(tmp_path / "run" / "work" / "fragments"), mode="r+")
+    for block in list(grid)[::2]:
+        (state / "segment_fragments" / f"{block.id}.pkl").unlink()
+        (state / "segment_relabel" / f"{block.id}.pkl").unlink()
+        out[block.write] = 7
+        frags[block.write] = 0
+    _, resumed = _segment(tmp_path, scene, (8, 32, 32))
+    np.testing.assert_array_equal(labels, resumed)
+    _, fresh = _segment(tmp_path, scene, (8, 32, 32), name="fresh")
+    np.testing.assert_array_equal(labels, fresh)
+    assert first["n_neurons"] == again["n_neurons"]
+
+
+def test_changed_config_recomputes(scene, whole):
+    folder, _, labels = whole
+    summary, changed = _segment(folder, scene, (24, 64, 64), name="changed", min_neuron_size=10**6)
+    assert summary["n_neurons"] == 0 and not changed.any()
+    summary, back = _segment(folder, scene, (24, 64, 64), name="changed")
+    np.testing.assert_array_equal(back, labels)
+
+
+def test_fill_only_volume_uses_the_watershed(tmp_path):
+    syn = render((16, 40, 64), [Ball((8, 20, 16), 6.0, (1,)), Ball((8, 20, 46), 6.0, (1,))], seed=3)
+    fill_only = write_volume(tmp_path / "fill.zarr", syn, chunks_zyx=(8, 20, 32), channels=["fill"])
+    grid = BlockGrid(fill_only.spatial_shape, (16, 20, 32), chunks=fill_only.chunks)
+    summary = segment_volume(fill_only, tmp_path / "run", SegmentConfig(**SMALL), grid=grid)
+    labels = zarr.open_array(summary["labels_path"], mode="r")[:]
+    assert summary["method"] == "fill" and summary["n_neurons"] == 2
+    assert labels[8, 20, 16] != labels[8, 20, 46]
+
+
+def test_missing_fill_channel_and_bad_grid_raise(tmp_path, scene):
+    no_fill = write_volume(tmp_path / "nofill.zarr", scene, chunks_zyx=(8, 32, 32), channels=["bc00", "bc01"])
+    grid = BlockGrid(no_fill.spatial_shape, (8, 32, 32), chunks=no_fill.chunks)
+    with pytest.raises(MissingChannelError, match="fill"):
+        segment_volume(no_fill, tmp_path / "run", SegmentConfig(), grid=grid)
+    volume = write_volume(tmp_path / "v.zarr", scene, chunks_zyx=(8, 32, 32))
+    with pytest.raises(ConfigError, match="does not match"):
+        segment_volume(volume, tmp_path / "run", SegmentConfig(), grid=BlockGrid((8, 8, 8), (8, 8, 8)))
+
+
+def test_empty_volume_gives_no_neurons(tmp_path):
+    vol = Volume.create(tmp_path / "empty.zarr", shape_zyx=(8, 32, 32),
+                        channels=[Channel("fill", "fill"), Channel("bc00", "barcode"), Channel("bc01", "barcode")],
+                        chunks_zyx=(8, 16, 16))
+    grid = BlockGrid(vol.spatial_shape, (8, 16, 16), chunks=vol.chunks)
+    summary = segment_volume(vol, tmp_path / "run", SegmentConfig(**SMALL), grid=grid)
+    assert summary["n_neurons"] == 0
+    assert not zarr.open_array(summary["labels_path"], mode="r")[:].any()
