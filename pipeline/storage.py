@@ -13,7 +13,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "write_json", "read_json", "write_parquet", "write_pickle", "read_pickle"]
+__all__ = ["atomic_path", "write_json", "write_text_atomic", "read_json", "write_parquet", "write_pickle", "read_pickle"]
 
 
 @contextmanager
@@ -52,6 +52,11 @@ def write_json(path, data) -> None:
 
 def read_json(path):
     return json.loads(Path(path).read_text())
+
+
+def write_text_atomic(path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def write_parquet(path, frame) -> None:

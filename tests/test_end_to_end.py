@@ -150,3 +150,21 @@ def test_volume_without_a_needed_role(tmp_path, capsys):
 def test_evaluate_missing_run(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "norun"), "--truth", str(tmp_path)]) == 2
     assert "norun" in capsys.readouterr().err
+
+
+def test_changed_segmentation_recomputes_downstream_blocks(finished_run, tmp_path):
+    """Puncta and measurement markers belong to one segmentation; a new one recomputes them."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run / "run", run)
+    text = _workflow(finished_run).read_text().replace(str(finished_run / "run"), str(run))
+    text += "segment: {min_neuron_size: 400}\n"
+    (tmp_path / "wf.yaml").write_text(text)
+    before = {p: p.stat().st_mtime_ns for p in (run / "work" / "measure").glob("*.pkl")}
+    assert main(["-q", "run", str(tmp_path / "wf.yaml")]) == 0
+    after = {p: p.stat().st_mtime_ns for p in (run / "work" / "measure").glob("*.pkl")}
+    assert before and all(after[p] != t for p, t in before.items())
+    neurons = pd.read_parquet(run / "neurons.parquet")
+    labels = _labels(run)
+    assert sorted(neurons.neuron_id) == sorted(np.unique(labels[labels > 0]))

@@ -17,8 +17,10 @@ rewritten at the end (status ``complete``).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import platform
+import shutil
 import time
 from contextlib import contextmanager
 from importlib import metadata
@@ -29,7 +31,7 @@ from graph.annotate import annotate_neurons
 from graph.measure import measure_neurons
 from graph.synapses import pair_puncta
 from pipeline import BlockGrid, ConfigError, Executor, Volume, resolve_device
-from pipeline.storage import write_json
+from pipeline.storage import write_json, write_text_atomic
 from pipeline.volume import open_label_image
 from sample_data import write_sample
 from segment import segment_volume
@@ -90,6 +92,37 @@ def _grid(volume: Volume, config: WorkflowConfig) -> BlockGrid:
     return BlockGrid(volume.spatial_shape, block_shape, chunks=volume.chunks)
 
 
+# Blockwise steps that read the neuron labels: their done-markers are only valid
+# for the labels they were computed from.
+_LABEL_CONSUMERS = ("puncta_pre", "puncta_post", "measure")
+
+
+def _invalidate_label_consumers(run_dir: Path) -> None:
+    """Drop downstream done-markers when the segmentation differs from the one they used.
+
+    The segmentation is identified by its steps' parameter fingerprints and the
+    fragment-to-neuron lookup table; both are deterministic, so an unchanged
+    rerun keeps every marker.
+    """
+    work = run_dir / "work"
+    digest = hashlib.sha256()
+    for params in sorted(work.rglob("_params.json")):
+        if params.parent.name.startswith("segment"):
+            digest.update(params.read_bytes())
+    for name in ("segment_lut.npz", "codebook.json"):
+        if (work / name).exists():
+            digest.update((work / name).read_bytes())
+    fingerprint = digest.hexdigest()
+    stamp = work / "labels.fingerprint"
+    if stamp.exists() and stamp.read_text() == fingerprint:
+        return
+    for name in _LABEL_CONSUMERS:
+        if (work / name).exists():
+            log.info("segmentation changed: recomputing %s", name)
+            shutil.rmtree(work / name)
+    write_text_atomic(stamp, fingerprint)
+
+
 def run_workflow(config: WorkflowConfig, *, progress: bool = True) -> Path:
     """Run every step of ``config`` and return the run directory.
 
@@ -132,6 +165,7 @@ def run_workflow(config: WorkflowConfig, *, progress: bool = True) -> Path:
         record["dashboard"] = executor.dashboard_link
         with timer.step("segment"):
             seg_summary = segment_volume(volume, run_dir, config.segment, grid=grid, executor=executor, device=device)
+        _invalidate_label_consumers(run_dir)
         labels = open_label_image(run_dir / "labels.zarr", "neurons")
         with timer.step("puncta"):
             pre, post = detect_puncta_volume(volume, run_dir, config.puncta, grid=grid, executor=executor, device=device)
