@@ -1,7 +1,7 @@
 """Tabular connectome store with neuPrint-style queries and networkx views.
 
 The three tables of a run directory (``neurons.parquet``, ``synapses.parquet``,
-``edges.parquet``; schemas in ``CONTRACTS.md``) are the store.  All queries
+``edges.parquet``; schemas in ``docs/contracts.md``) are the store.  All queries
 return fresh :class:`pandas.DataFrame` objects.  networkx graphs are derived,
 cached, read-only views of those tables.
 """

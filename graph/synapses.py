@@ -32,7 +32,7 @@ Confidence
 
 Output
 ------
-The synapse table of ``CONTRACTS.md``: ``synapse_id`` (int64, consecutive from
+The synapse table of ``docs/contracts.md``: ``synapse_id`` (int64, consecutive from
 0 in order of the physical midpoint z, y, x), ``pre_neuron``, ``post_neuron``
 (uint64), ``pre_z/y/x``, ``post_z/y/x`` (voxels), ``z_um, y_um, x_um``
 (midpoint, physical) and ``confidence``.

@@ -5,7 +5,7 @@
 >>> write_sample("sample", SampleConfig())                                   # doctest: +SKIP
 
 Same config (seed included), same bytes. See :mod:`sample_data.generate` for
-how the volume is made and CONTRACTS.md for the directory layout.
+how the volume is made and docs/contracts.md for the directory layout.
 """
 
 from .config import CELL_TYPES, MARKERS, SampleConfig

@@ -1,6 +1,6 @@
 """Write (and read back) a sample directory.
 
-Layout (see CONTRACTS.md)::
+Layout (see docs/contracts.md)::
 
     SAMPLE/
       volume.zarr              OME-Zarr 0.5 image, axes c,z,y,x, uint16

@@ -132,7 +132,7 @@ def segment_volume(volume: Volume, run_dir, config: SegmentConfig | None = None,
     volume : Volume
         Needs a ``fill`` channel; ``barcode`` and ``membrane`` channels are used when present.
     run_dir : path
-        The run directory (see CONTRACTS.md); intermediates go to ``run_dir/work``.
+        The run directory (see docs/contracts.md); intermediates go to ``run_dir/work``.
     config : SegmentConfig, optional
     grid : BlockGrid
         Gives the block shape and chunks; its halo is replaced by ``config.halo``

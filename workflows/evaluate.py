@@ -3,7 +3,7 @@
 :func:`evaluate_run` reads the run outputs (``labels.zarr/neurons``,
 ``neurons.parquet``, ``synapses.parquet``, ``edges.parquet``, ``run.json``) and the
 sample's truth (``volume.zarr/labels/truth``, ``truth/neurons.parquet``,
-``truth/synapses.parquet``, ``truth/meta.json``) as laid out in ``CONTRACTS.md`` and
+``truth/synapses.parquet``, ``truth/meta.json``) as laid out in ``docs/contracts.md`` and
 returns a flat dict of metrics; :func:`format_report` renders it as a table.
 
 The command line front end is ``connectome evaluate`` (:mod:`workflows.cli`).
