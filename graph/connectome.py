@@ -30,6 +30,7 @@ __all__ = [
     "SYNAPSES_FILE",
     "EDGES_FILE",
     "RUN_FILE",
+    "FORMAT_VERSION",
 ]
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,16 @@ NEURONS_FILE = "neurons.parquet"
 SYNAPSES_FILE = "synapses.parquet"
 EDGES_FILE = "edges.parquet"
 RUN_FILE = "run.json"
+#: Newest run-directory ``format_version`` this module knows (``run.json``); a run
+#: without ``run.json`` or without the key is format 0 (pre-provenance).
+FORMAT_VERSION = 1
+# Annotation columns older (format 0) runs may lack, with the value filled on load.
+_LEGACY_NEURON_DEFAULTS = {
+    "barcode": "",
+    "barcode_confidence": float("nan"),
+    "cell_type": None,
+    "cell_type_confidence": float("nan"),
+}
 
 #: Columns every neurons table must have (others, e.g. ``mean_<channel>``, are kept).
 NEURON_COLUMNS = (
@@ -340,6 +351,150 @@ def _node_records(table: pd.DataFrame) -> list[tuple[int, dict[str, Any]]]:
     return out
 
 
+def _format_version(meta: Mapping[str, Any]) -> int:
+    """``meta["format_version"]`` as an int; 0 when missing or unreadable."""
+    value = meta.get("format_version", 0)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        logger.warning("run.json format_version %r is not an integer; treating it as 0", value)
+        return 0
+
+
+def _migrate_legacy_neurons(df: pd.DataFrame, what: str) -> pd.DataFrame:
+    """Fill annotation columns that format-0 runs may lack."""
+    missing = [c for c in _LEGACY_NEURON_DEFAULTS if c not in df.columns]
+    if not missing:
+        return df
+    logger.warning("%s (format 0) lacks %s; filling defaults", what, missing)
+    out = df.copy()
+    for col in missing:
+        value = _LEGACY_NEURON_DEFAULTS[col]
+        if col == "cell_type":
+            out[col] = pd.array([None] * len(out), dtype="string")
+        else:
+            out[col] = value
+    return out
+
+
+def _count_done_markers(work: Path) -> dict[str, int]:
+    """Per blockwise step (a folder holding ``_params.json``), its done-marker files."""
+    counts: dict[str, int] = {}
+    if not work.is_dir():
+        return counts
+    for params in sorted(work.rglob("_params.json")):
+        step = params.parent
+        n = sum(1 for f in step.iterdir() if f.is_file() and f.name != "_params.json")
+        counts[step.relative_to(work).as_posix()] = n
+    return counts
+
+
+def _bbox_argument(within: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Validate ``((z0, y0, x0), (z1, y1, x1))`` and return (lo, hi) float arrays."""
+    try:
+        box = np.asarray(within, dtype="float64")
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"within must be ((z0, y0, x0), (z1, y1, x1)) voxel coordinates, got {within!r}"
+        ) from exc
+    if box.shape != (2, 3):
+        raise ValueError(
+            f"within must have shape (2, 3): ((z0, y0, x0), (z1, y1, x1)), got shape {box.shape}"
+        )
+    if not np.all(np.isfinite(box)):
+        raise ValueError(f"within must hold finite numbers, got {box.tolist()}")
+    if np.any(box[1] < box[0]):
+        raise ValueError(f"within's upper corner {box[1].tolist()} is below its lower corner "
+                         f"{box[0].tolist()}")
+    return box[0], box[1]
+
+
+def _where_mask(df: pd.DataFrame, where: Any, what: str) -> pd.Series:
+    """Evaluate a boolean query expression over ``df``; missing results are False."""
+    if not isinstance(where, str) or not where.strip():
+        raise TypeError(f"where must be a non-empty query string, got {where!r}")
+    try:
+        result = df.eval(where, local_dict={}, global_dict={})
+    except Exception as exc:  # pandas raises many types (SyntaxError, UndefinedVariableError, ...)
+        raise ValueError(
+            f"bad where expression {where!r} for the {what}: {type(exc).__name__}: {exc}; "
+            f"columns are {list(map(str, df.columns))}"
+        ) from exc
+    if not isinstance(result, pd.Series) or len(result) != len(df):
+        raise ValueError(
+            f"where expression {where!r} must give one boolean per row of the {what}, "
+            f"got {type(result).__name__}"
+        )
+    if not (pd.api.types.is_bool_dtype(result.dtype) or len(result) == 0):
+        raise ValueError(
+            f"where expression {where!r} must be boolean, got dtype {result.dtype}"
+        )
+    return result.fillna(False).astype(bool)
+
+
+_PATH_COLUMNS = ("path", "hop", "neuron_id")
+
+
+def _empty_paths() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "path": pd.Series([], dtype="int64"),
+            "hop": pd.Series([], dtype="int64"),
+            "neuron_id": pd.Series([], dtype=_ID_DTYPE),
+        }
+    )
+
+
+def _bfs_distances(graph: Any, start: int) -> np.ndarray:
+    """Hop distances from ``start`` along a CSR graph (-1 when unreachable)."""
+    from scipy.sparse.csgraph import shortest_path
+
+    d = shortest_path(graph, method="D", directed=True, unweighted=True, indices=start)
+    out = np.full(d.shape, -1, dtype="int64")
+    finite = np.isfinite(d)
+    out[finite] = d[finite].astype("int64")
+    return out
+
+
+def _example_connectome() -> Connectome:
+    """A 4-neuron connectome used by the docstring examples.
+
+    Neurons 1 (exc, 500 voxels), 2 (inh, 1500), 3 (exc, 2500), 4 (inh, 800);
+    connections 1->2 (3 synapses), 1->3 (1), 2->3 (1), 2->4 (2), 3->4 (2),
+    plus synapse 10 from 4 to "no neuron" (0).
+    """
+    neurons = pd.DataFrame(
+        {
+            "neuron_id": np.array([1, 2, 3, 4], dtype=_ID_DTYPE),
+            "size_voxels": np.array([500, 1500, 2500, 800], dtype="int64"),
+            "z": [2.0, 4.0, 6.0, 8.0],
+            "y": [10.0, 20.0, 30.0, 40.0],
+            "x": [10.0, 20.0, 30.0, 40.0],
+            "barcode": ["01", "10", "11", "01"],
+            "barcode_confidence": [0.9, 0.8, 0.7, 0.6],
+            "cell_type": ["exc", "inh", "exc", "inh"],
+            "cell_type_confidence": [0.9, 0.9, 0.8, 0.7],
+        }
+    )
+    pairs = [(1, 2), (1, 2), (1, 2), (1, 3), (2, 3), (2, 4), (2, 4), (3, 4), (3, 4), (4, 0)]
+    pos = np.arange(len(pairs), dtype="float64")
+    synapses = pd.DataFrame(
+        {
+            "synapse_id": np.arange(1, len(pairs) + 1, dtype="int64"),
+            "pre_neuron": np.array([p for p, _ in pairs], dtype=_ID_DTYPE),
+            "post_neuron": np.array([q for _, q in pairs], dtype=_ID_DTYPE),
+            "pre_z": pos,
+            "pre_y": pos * 4,
+            "pre_x": pos * 4,
+            "post_z": pos,
+            "post_y": pos * 4 + 2,
+            "post_x": pos * 4 + 2,
+            "confidence": [0.9, 0.8, 0.3, 0.9, 0.5, 0.9, 0.95, 0.6, 0.7, 0.4],
+        }
+    )
+    return Connectome(neurons, synapses, meta={"voxel_size": [0.4, 0.1, 0.1]})
+
+
 # --------------------------------------------------------------------------- Connectome
 
 
@@ -385,7 +540,7 @@ class Connectome:
         edges: pd.DataFrame | None = None,
         meta: Mapping[str, Any] | None = None,
     ) -> None:
-        self._views: dict[str, nx.Graph] = {}
+        self._views: dict[str, Any] = {}
         self.run_dir: Path | None = None
         if meta is not None and not isinstance(meta, Mapping):
             raise TypeError(f"meta must be a mapping, got {type(meta).__name__}")
@@ -442,7 +597,14 @@ class Connectome:
         """Load a connectome from a run directory.
 
         Reads ``neurons.parquet``, ``synapses.parquet``, ``edges.parquet`` and,
-        if present, ``run.json`` (into :attr:`meta`).
+        if present, ``run.json`` (into :attr:`meta`; see :attr:`provenance`).
+
+        Runs of format 0 (no ``run.json``, or no ``format_version`` in it: runs
+        written before provenance was recorded) load too; if their neurons table
+        lacks the annotation columns ``barcode``, ``barcode_confidence``,
+        ``cell_type`` or ``cell_type_confidence`` they are filled with ``""``,
+        NaN, missing and NaN. A ``format_version`` newer than
+        :data:`FORMAT_VERSION` is loaded with a warning.
 
         Parameters
         ----------
@@ -486,6 +648,16 @@ class Connectome:
                 raise ValueError(
                     f"{str(run_json)!r} must hold a JSON object, got {type(meta).__name__}"
                 )
+        version = _format_version(meta)
+        if version > FORMAT_VERSION:
+            logger.warning(
+                "%s has format_version %s, newer than this code's %s; loading anyway",
+                run_json, version, FORMAT_VERSION,
+            )
+        if version < 1:
+            tables["neurons"] = _migrate_legacy_neurons(
+                tables["neurons"], f"{paths['neurons'].name} ({paths['neurons']})"
+            )
         self = cls.__new__(cls)
         self._views = {}
         self.meta = meta
@@ -594,6 +766,7 @@ class Connectome:
         type: str | Iterable[str] | None = None,  # noqa: A002 - neuPrint-style name
         barcode: str | Iterable[str] | None = None,
         min_size: int | None = None,
+        where: str | None = None,
     ) -> pd.DataFrame:
         """Select neurons; all criteria are combined with AND.
 
@@ -607,11 +780,35 @@ class Connectome:
             Barcode string(s).
         min_size : int, optional
             Minimum ``size_voxels`` (inclusive).
+        where : str, optional
+            A boolean :meth:`pandas.DataFrame.query` expression over the neurons
+            table's columns, e.g. ``"size_voxels > 1000 and cell_type == 'exc'"``.
+            Semantics are those of :meth:`pandas.DataFrame.query` (a missing
+            value, e.g. an unknown ``cell_type``, compares unequal to everything;
+            test it with ``cell_type.isna()``); a missing result counts as no
+            match. ``@variable`` references are not supported.
 
         Returns
         -------
         pandas.DataFrame
             Matching rows of the neurons table (all columns), sorted by ``neuron_id``.
+
+        Raises
+        ------
+        ValueError
+            If ``where`` is not a valid boolean expression over the columns (the
+            message names the expression and lists the columns).
+
+        Examples
+        --------
+        >>> from graph.connectome import _example_connectome
+        >>> c = _example_connectome()
+        >>> c.neurons(where="size_voxels > 1000")["neuron_id"].tolist()
+        [2, 3]
+        >>> c.neurons(type="inh", where="size_voxels < 1000")["neuron_id"].tolist()
+        [4]
+        >>> c.neurons(where="barcode == '01' and barcode_confidence >= 0.9")["neuron_id"].tolist()
+        [1]
         """
         df = self._neurons
         mask = pd.Series(True, index=df.index)
@@ -627,6 +824,8 @@ class Connectome:
             ):
                 raise TypeError(f"min_size must be a number, got {min_size!r}")
             mask &= df["size_voxels"] >= min_size
+        if where is not None:
+            mask &= _where_mask(df, where, "neurons table")
         return df[mask].reset_index(drop=True)
 
     def synapses(
@@ -634,8 +833,10 @@ class Connectome:
         pre: Any = None,
         post: Any = None,
         min_confidence: float | None = None,
+        within: Any = None,
+        site: str = "mid",
     ) -> pd.DataFrame:
-        """Select synapses by partner neurons and confidence.
+        """Select synapses by partner neurons, confidence and position.
 
         Parameters
         ----------
@@ -643,11 +844,31 @@ class Connectome:
             Presynaptic / postsynaptic neuron id(s); unknown ids raise :class:`KeyError`.
         min_confidence : float, optional
             Minimum ``confidence`` (inclusive), in [0, 1].
+        within : ((z0, y0, x0), (z1, y1, x1)), optional
+            Box in voxel coordinates, **half-open**: a synapse matches when
+            ``z0 <= z < z1`` and likewise for y and x (lower corner inclusive,
+            upper corner exclusive, like the neurons table's ``bbox_*`` and
+            numpy slices ``[z0:z1, y0:y1, x0:x1]``).
+        site : {"mid", "pre", "post", "both"}, default "mid"
+            Which position ``within`` tests: the midpoint of the pre and post
+            sites, the pre site, the post site, or both sites.
 
         Returns
         -------
         pandas.DataFrame
             Matching rows of the synapses table (all columns), sorted by ``synapse_id``.
+
+        Examples
+        --------
+        >>> from graph.connectome import _example_connectome
+        >>> c = _example_connectome()
+        >>> c.synapses(pre=1, min_confidence=0.5)["synapse_id"].tolist()
+        [1, 2, 4]
+        >>> box = ((0, 0, 0), (3, 100, 100))  # z in [0, 3)
+        >>> c.synapses(within=box)["synapse_id"].tolist()
+        [1, 2, 3]
+        >>> c.synapses(within=((0, 0, 0), (100, 5, 5)), site="pre")["synapse_id"].tolist()
+        [1, 2]
         """
         df = self._synapses
         mask = pd.Series(True, index=df.index)
@@ -658,6 +879,25 @@ class Connectome:
         threshold = _check_min_confidence(min_confidence)
         if threshold is not None:
             mask &= df["confidence"] >= threshold
+        if within is not None:
+            lo, hi = _bbox_argument(within)
+            pre_pts = df[["pre_z", "pre_y", "pre_x"]].to_numpy(dtype="float64")
+            post_pts = df[["post_z", "post_y", "post_x"]].to_numpy(dtype="float64")
+
+            def inside(pts: np.ndarray) -> np.ndarray:
+                return np.all((pts >= lo) & (pts < hi), axis=1)
+
+            if site == "mid":
+                hit = inside((pre_pts + post_pts) / 2.0)
+            elif site == "pre":
+                hit = inside(pre_pts)
+            elif site == "post":
+                hit = inside(post_pts)
+            elif site == "both":
+                hit = inside(pre_pts) & inside(post_pts)
+            else:
+                raise ValueError(f"site must be 'mid', 'pre', 'post' or 'both', got {site!r}")
+            mask &= hit
         return df[mask].reset_index(drop=True)
 
     def _edges_for(self, min_confidence: float | None) -> pd.DataFrame:
@@ -799,6 +1039,222 @@ class Connectome:
             index=pd.Index(types, name="pre_type"),
             columns=pd.Index(types, name="post_type"),
         )
+
+    def shortest_paths(
+        self, a: int, b: int, min_weight: int = 1, max_paths: int | None = 1000
+    ) -> pd.DataFrame:
+        """All shortest directed paths (fewest hops) from neuron ``a`` to ``b``.
+
+        Only connections with at least ``min_weight`` synapses are traversed
+        (the edges table: autapses and partner 0 never count). Runs two
+        breadth-first searches in compiled code (:mod:`scipy.sparse.csgraph`),
+        then enumerates the paths through the nodes on a shortest path.
+
+        Parameters
+        ----------
+        a, b : int
+            Source and target neuron ids; unknown ids raise :class:`KeyError`.
+        min_weight : int, default 1
+            Minimum synapse count of a traversed connection.
+        max_paths : int or None, default 1000
+            Stop after this many paths (the number of shortest paths can grow
+            exponentially); None enumerates all. A truncation is logged.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Columns ``path`` (int64, 0-based path index), ``hop`` (int64, 0 for
+            ``a`` ... path length for ``b``) and ``neuron_id`` (uint64); one row per
+            neuron per path, paths in lexicographic order of their neuron ids.
+            Empty when ``b`` is unreachable; a single row when ``a == b``.
+
+        Examples
+        --------
+        >>> from graph.connectome import _example_connectome
+        >>> c = _example_connectome()
+        >>> p = c.shortest_paths(1, 4)
+        >>> p.groupby("path")["neuron_id"].apply(list).tolist()
+        [[1, 2, 4], [1, 3, 4]]
+        >>> p.columns.tolist()
+        ['path', 'hop', 'neuron_id']
+        >>> c.shortest_paths(1, 4, min_weight=2)["neuron_id"].tolist()
+        [1, 2, 4]
+        >>> len(c.shortest_paths(4, 1))
+        0
+        """
+        min_weight = _check_min_weight(min_weight)
+        if max_paths is not None and (
+            isinstance(max_paths, bool) or not isinstance(max_paths, (int, np.integer))
+            or max_paths < 1
+        ):
+            raise ValueError(f"max_paths must be a positive integer or None, got {max_paths!r}")
+        src = self._validate_ids(a, "a") if np.ndim(a) == 0 else None
+        dst = self._validate_ids(b, "b") if np.ndim(b) == 0 else None
+        if src is None or dst is None:
+            raise TypeError(f"a and b must be single neuron ids, got {a!r}, {b!r}")
+        ids = self._neurons["neuron_id"].to_numpy()
+        ia = int(np.searchsorted(ids, src[0]))
+        ib = int(np.searchsorted(ids, dst[0]))
+        if ia == ib:
+            return pd.DataFrame({"path": np.zeros(1, "int64"), "hop": np.zeros(1, "int64"),
+                                 "neuron_id": ids[[ia]].astype(_ID_DTYPE)})
+        fwd, bwd = self._csr(min_weight)
+        dist_a = _bfs_distances(fwd, ia)
+        if dist_a[ib] < 0:
+            return _empty_paths()
+        dist_b = _bfs_distances(bwd, ib)
+        length = int(dist_a[ib])
+        on_path = (dist_a >= 0) & (dist_b >= 0) & (dist_a + dist_b == length)
+        indptr, indices = fwd.indptr, fwd.indices
+        paths: list[list[int]] = []
+        stack = [[ia]]
+        truncated = False
+        # Depth-first, pushing successors in reverse so paths come out sorted.
+        while stack:
+            path = stack.pop()
+            u = path[-1]
+            if u == ib:
+                paths.append(path)
+                if max_paths is not None and len(paths) >= max_paths:
+                    truncated = bool(stack)
+                    break
+                continue
+            nbrs = indices[indptr[u]:indptr[u + 1]]
+            nbrs = np.sort(nbrs[on_path[nbrs] & (dist_a[nbrs] == len(path))])
+            stack.extend([path + [int(v)] for v in nbrs[::-1]])
+        if truncated:
+            logger.warning("shortest_paths(%s, %s): stopped after max_paths=%d paths",
+                           a, b, max_paths)
+        hops = np.tile(np.arange(length + 1, dtype="int64"), len(paths))
+        flat = np.concatenate([np.asarray(p, dtype="int64") for p in paths])
+        return pd.DataFrame(
+            {
+                "path": np.repeat(np.arange(len(paths), dtype="int64"), length + 1),
+                "hop": hops,
+                "neuron_id": ids[flat].astype(_ID_DTYPE),
+            }
+        )
+
+    def _csr(self, min_weight: int) -> tuple[Any, Any]:
+        """Forward and reverse CSR adjacency over neuron row positions (cached)."""
+        from scipy.sparse import csr_matrix
+
+        key = f"csr{min_weight}"
+        cached = self._views.get(key)
+        if cached is None:
+            ids = self._neurons["neuron_id"].to_numpy()
+            e = self._edges
+            e = e[e["synapse_count"] >= min_weight]
+            rows = np.searchsorted(ids, e["pre"].to_numpy())
+            cols = np.searchsorted(ids, e["post"].to_numpy())
+            data = np.ones(len(rows), dtype="int8")
+            n = len(ids)
+            fwd = csr_matrix((data, (rows, cols)), shape=(n, n))
+            bwd = csr_matrix((data, (cols, rows)), shape=(n, n))
+            fwd.sort_indices()
+            bwd.sort_indices()
+            cached = (fwd, bwd)
+            self._views[key] = cached  # type: ignore[assignment]
+        return cached
+
+    def subgraph(
+        self,
+        ids: Any = None,
+        type: str | Iterable[str] | None = None,  # noqa: A002 - neuPrint-style name
+    ) -> Connectome:
+        """A new connectome restricted to some neurons (the induced subgraph).
+
+        Parameters
+        ----------
+        ids : int or list of int, optional
+            Neuron ids to keep; unknown ids raise :class:`KeyError`.
+        type : str or list of str, optional
+            Keep neurons of these cell types. Combined with ``ids`` by AND; with
+            neither, every neuron is kept.
+
+        Returns
+        -------
+        Connectome
+            Neurons selected; synapses whose partners are both kept neurons or
+            "no neuron" (0), with at least one kept neuron; edges between kept
+            neurons. :attr:`meta` is copied with ``meta["subgraph"]`` recording the
+            selection; ``run_dir`` is the parent's (so exports can still find the
+            label image, which they filter to the kept ids).
+
+        Examples
+        --------
+        >>> from graph.connectome import _example_connectome
+        >>> c = _example_connectome()
+        >>> sub = c.subgraph(ids=[1, 2, 4])
+        >>> sub.neuron_ids.tolist(), sub.edge_table[["pre", "post"]].values.tolist()
+        ([1, 2, 4], [[1, 2], [2, 4]])
+        >>> c.subgraph(type="inh").synapse_table["synapse_id"].tolist()  # 2->4 and 4->0
+        [6, 7, 10]
+        """
+        sel = self.neurons(ids=ids, type=type)
+        keep = sel["neuron_id"].to_numpy()
+        syn = self._synapses
+        pre_in = syn["pre_neuron"].isin(keep)
+        post_in = syn["post_neuron"].isin(keep)
+        smask = (pre_in | (syn["pre_neuron"] == 0)) & (post_in | (syn["post_neuron"] == 0))
+        smask &= pre_in | post_in
+        e = self._edges
+        emask = e["pre"].isin(keep) & e["post"].isin(keep)
+        meta = dict(self.meta)
+        meta["subgraph"] = {
+            "ids": None if ids is None else _ids_argument(ids, "ids").tolist(),
+            "type": None if type is None else _strings_argument(type, "type"),
+            "n_neurons": int(len(keep)),
+        }
+        out = self.__class__(sel, syn[smask], e[emask], meta=meta)
+        out.run_dir = self.run_dir
+        return out
+
+    # ------------------------------------------------------------------ provenance
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        """Where the tables came from, read from ``run.json`` (:attr:`meta`).
+
+        Returns
+        -------
+        dict
+            ``format_version`` (int; 0 for runs without ``run.json`` or without
+            the key), ``code_version`` (the ``optical-connectome`` package version
+            that wrote the run, or None), ``versions`` (all recorded package
+            versions), ``parameters`` (the workflow config, or None), ``blocks``
+            (``n_blocks``, ``block_shape`` and ``done``: per blockwise step under
+            ``work/``, the number of block done-markers found; None values when
+            unknown), ``status``, ``started``, ``finished``, ``counts`` (table
+            sizes recorded by the run) and ``run_dir`` (str or None).
+
+        Examples
+        --------
+        >>> from graph.connectome import _example_connectome
+        >>> p = _example_connectome().provenance
+        >>> p["format_version"], p["code_version"], p["blocks"]["n_blocks"]
+        (0, None, None)
+        """
+        meta = self.meta
+        versions = meta.get("versions") if isinstance(meta.get("versions"), dict) else {}
+        code_version = versions.get("optical-connectome") or meta.get("version")
+        done = _count_done_markers(self.run_dir / "work") if self.run_dir is not None else {}
+        return {
+            "format_version": _format_version(meta),
+            "code_version": code_version,
+            "versions": dict(versions),
+            "parameters": meta.get("config"),
+            "blocks": {
+                "n_blocks": meta.get("n_blocks"),
+                "block_shape": meta.get("block_shape"),
+                "done": done,
+            },
+            "status": meta.get("status"),
+            "started": meta.get("started"),
+            "finished": meta.get("finished"),
+            "counts": meta.get("counts"),
+            "run_dir": None if self.run_dir is None else str(self.run_dir),
+        }
 
     # ------------------------------------------------------------------ graph views
 

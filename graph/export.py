@@ -11,6 +11,7 @@ neuprint      :func:`graph.export_neuprint.write_neuprint`    directory (Neo4j C
 precomputed   :func:`graph.export_precomputed.write_precomputed`  directory
 swc           :func:`graph.export_swc.write_swc`              directory (one file/neuron)
 sonata        :func:`graph.export_sonata.write_sonata`        directory (nodes/edges HDF5)
+nwb           :func:`graph.export_nwb.write_nwb`              file (NWB 2 HDF5)
 all           every format above that is available            directory, one entry each
 ============  ==============================================  ==========================
 
@@ -172,6 +173,12 @@ def _export_sonata(conn: Connectome, output: Path, **options: Any) -> Path:
     return write_sonata(conn, output, **options)
 
 
+def _export_nwb(conn: Connectome, output: Path, **options: Any) -> Path:
+    from graph.export_nwb import write_nwb
+
+    return write_nwb(conn, output, **options)
+
+
 #: Format name -> (writer, default output name inside an ``all`` export).
 EXPORT_FORMATS: dict[str, tuple[Callable[..., Path], str]] = {
     "graphml": (_export_graphml, "connectome.graphml"),
@@ -179,13 +186,14 @@ EXPORT_FORMATS: dict[str, tuple[Callable[..., Path], str]] = {
     "precomputed": (_export_precomputed, "precomputed"),
     "swc": (_export_swc, "swc"),
     "sonata": (_export_sonata, "sonata"),
+    "nwb": (_export_nwb, "connectome.nwb"),
 }
 
 
 def _export_all(conn: Connectome, output: Path, *, overwrite: bool = False,
                 **options: Any) -> Path:
     """Every format into ``output/<name>``; kimimaro skeletons are computed once."""
-    needs_labels = {"precomputed", "swc"}
+    needs_labels = {"precomputed", "swc", "nwb"}
     shared: dict[str, Any] = {}
     if options.get("labels") is not None or conn.run_dir is not None:
         from graph.export_common import label_image, skeletonize_labels, voxel_size_um
@@ -219,6 +227,7 @@ _OPTIONS = {
                     "mesh_reduction_factor", "mesh_max_error", "teasar_params"},
     "swc": {"labels", "voxel_size", "skeletons", "teasar_params", "dust_threshold"},
     "sonata": {"voxel_size", "population"},
+    "nwb": {"labels", "voxel_size", "segmentation", "slab"},
 }
 
 
@@ -242,7 +251,8 @@ def export(
         A connectome, or a run directory (``neurons/synapses/edges.parquet``,
         ``run.json``, ``labels.zarr/neurons``).
     format : str
-        One of ``graphml``, ``neuprint``, ``precomputed``, ``swc``, ``sonata``, ``all``
+        One of ``graphml``, ``neuprint``, ``precomputed``, ``swc``, ``sonata``, ``nwb``,
+        ``all``
         (case-insensitive).
     output : str or os.PathLike
         File (graphml) or directory (other formats, ``all``) to create.

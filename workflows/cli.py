@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a run's connectome",
                        epilog="example: connectome export runs/sample --format graphml --output sample.graphml")
     p.add_argument("run_dir", type=Path)
-    p.add_argument("--format", choices=("graphml", "neuprint", "precomputed", "swc", "sonata", "all"),
+    p.add_argument("--format", choices=("graphml", "neuprint", "precomputed", "swc", "sonata", "nwb", "all"),
                    required=True, help="all writes every format into OUTPUT/")
     p.add_argument("--output", type=Path, required=True)
     p.add_argument("--overwrite", action="store_true", help="replace an existing export")
