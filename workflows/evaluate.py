@@ -358,7 +358,7 @@ def evaluate_run(
         "n_synapses_pred": int(len(pred_syn)),
         "n_synapses_true": int(len(true_syn)),
     }
-    logger.info("evaluation of %s: %s", run_dir, metrics)
+    logger.debug("evaluation of %s: %s", run_dir, metrics)
     return metrics
 
 
