@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import shutil
 import time
 from concurrent.futures import CancelledError
@@ -30,7 +31,7 @@ from tqdm.auto import tqdm
 from .blocks import Block
 from .config import ComputeConfig
 from .errors import BlockError, PipelineError
-from .storage import read_json, read_pickle, write_json, write_pickle
+from .storage import crash_point, read_json, read_pickle, storage_error, write_json, write_pickle
 
 __all__ = ["Executor", "run_blockwise", "block_marker"]
 
@@ -111,21 +112,57 @@ def _prepare_state(step_dir: Path, params) -> None:
     """Create the step's state folder; drop stale markers when the parameters changed."""
     params_file = step_dir / "_params.json"
     fingerprint = _fingerprint(params)
-    if step_dir.exists() and params_file.exists():
-        if read_json(params_file).get("fingerprint") != fingerprint:
-            log.warning("%s: parameters changed since the last run; recomputing every block", step_dir.name)
+    if step_dir.exists():
+        # Markers are only written after _params.json, so markers without it are
+        # left over from a removal cut short by a kill: trust none of them.
+        try:
+            previous = read_json(params_file).get("fingerprint")
+        except (OSError, ValueError, AttributeError):
+            previous = None  # missing, or damaged from outside
+        if previous != fingerprint:
+            if previous is not None:
+                log.warning("%s: parameters changed since the last run; recomputing every block", step_dir.name)
             shutil.rmtree(step_dir)
     step_dir.mkdir(parents=True, exist_ok=True)
     write_json(params_file, {"fingerprint": fingerprint, "params": params})
+
+
+def _read_marker(marker: str):
+    """The summary stored in a done-marker, or ``_MISSING`` when absent or unreadable."""
+    try:
+        return read_pickle(marker)
+    except FileNotFoundError:
+        return _MISSING
+    except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ImportError, ValueError, TypeError) as exc:
+        # Markers are written atomically, so this is outside damage (a copied run
+        # directory cut short, a bad disk): recompute the block rather than trust it.
+        log.warning("unreadable done-marker %s (%s: %s); recomputing its block", marker, type(exc).__name__, exc)
+        try:
+            os.unlink(marker)
+        except OSError:
+            pass
+        return _MISSING
+
+
+_MISSING = object()
 
 
 def _run_one(block: Block, marker: str, step: Callable[[Block], Any]):
     """The task body: run ``step`` on ``block`` unless done, then record it durably."""
     if os.path.exists(marker):
         # A retried or duplicated task (a worker died after finishing) does no work twice.
-        return read_pickle(marker)
-    summary = step(block)
+        summary = _read_marker(marker)
+        if summary is not _MISSING:
+            return summary
+    try:
+        summary = step(block)
+    except OSError as exc:
+        # Disk full or read-only output: one line naming the file, not a retried traceback.
+        where = f"{block}: {exc.filename}" if getattr(exc, "filename", None) else str(block)
+        raise storage_error(where, exc) from exc
+    crash_point(f"block:{Path(marker).parent.name}:written")
     write_pickle(marker, summary)
+    crash_point(f"block:{Path(marker).parent.name}:done")
     return summary
 
 
@@ -181,7 +218,13 @@ def run_blockwise(
     step_dir = Path(state_dir) / name
     _prepare_state(step_dir, params or {})
     markers = {b.id: str(block_marker(state_dir, name, b)) for b in blocks}
-    pending = [b for b in blocks if not os.path.exists(markers[b.id])]
+    summaries = {}
+    for b in blocks:
+        if os.path.exists(markers[b.id]):
+            found = _read_marker(markers[b.id])
+            if found is not _MISSING:
+                summaries[b.id] = found
+    pending = [b for b in blocks if b.id not in summaries]
     done = len(blocks) - len(pending)
     if done:
         log.info("%s: %d of %d blocks already done, resuming", name, done, len(blocks))
@@ -207,7 +250,14 @@ def run_blockwise(
     finally:
         bar.close()
     log.info("%s: %d blocks in %.1f s", name, len(pending), time.perf_counter() - started)
-    return [read_pickle(markers[b.id]) for b in blocks]
+    out = []
+    for b in blocks:
+        if b.id not in summaries:
+            summaries[b.id] = _read_marker(markers[b.id])
+            if summaries[b.id] is _MISSING:
+                raise BlockError(f"step {name!r}: {b} finished but its done-marker {markers[b.id]} is missing")
+        out.append(summaries[b.id])
+    return out
 
 
 def _run_distributed(client, step, pending, markers, name, retries, bar, wave: int = 4096):

@@ -44,6 +44,9 @@ ROLES = ("fill", "membrane", "barcode", "pre", "post", "marker")
 NGFF_VERSION = "0.5"
 SPATIAL_AXES = ("z", "y", "x")
 UNITS = ("nanometer", "micrometer", "millimeter", "meter")
+_IMAGE_KINDS = "uif"  # integer and float images; no bool, complex, string or structured dtypes
+# What a damaged chunk raises while decoding (zstd/blosc/gzip, a short buffer, a bad read).
+_DECODE_ERRORS = (RuntimeError, ValueError, TypeError, OSError, EOFError)
 _DEFAULT_COLORS = (
     "FFFFFF", "FF0000", "00FF00", "0000FF", "FFFF00", "FF00FF", "00FFFF",
     "FF8000", "8000FF", "00FF80", "FF0080", "80FF00", "0080FF",
@@ -286,6 +289,11 @@ class Volume:
         level0 = group[datasets[0]["path"]]
         if level0.ndim != 4:
             raise VolumeError(f"{path}: level 0 has {level0.ndim} dimensions {level0.shape}, expected 4 (c, z, y, x)")
+        if any(int(s) <= 0 for s in level0.shape):
+            raise VolumeError(f"{path}: level 0 is empty (shape {level0.shape}); every axis needs at least one voxel")
+        if np.dtype(level0.dtype).kind not in _IMAGE_KINDS:
+            raise VolumeError(f"{path}: image dtype {level0.dtype} is not supported; expected unsigned or "
+                              "signed integers or floats (e.g. uint16, float32)")
         described = attrs.get("connectome", {}).get("channels")
         if not isinstance(described, list):
             raise VolumeError(f"{path}: missing 'connectome.channels' (channel names and roles)")
@@ -370,16 +378,78 @@ class Volume:
 
     # -- data ---------------------------------------------------------------
     def read(self, region, channels: Sequence[int] | None = None) -> np.ndarray:
-        """Read a spatial ``region`` (three slices) of some channels as (c, z, y, x)."""
+        """Read a spatial ``region`` (three slices) of some channels as (c, z, y, x).
+
+        A chunk missing from the store reads as the array's fill value (0): Zarr
+        v3 does not store chunks that equal the fill value, so absence is how an
+        all-zero region is written and cannot be told from a lost file.
+
+        Raises
+        ------
+        VolumeError
+            When a chunk cannot be decoded (corrupt or truncated file; the message
+            names the chunk file) or a float image holds NaN or infinity (the
+            message names the channels and the region).
+        """
         region = tuple(region)
-        if channels is None:
-            return self.image[(slice(None),) + region]
-        channels = list(channels)
+        channels = list(range(self.shape[0])) if channels is None else list(channels)
         if not channels:
             raise VolumeError(f"{self.path}: read needs at least one channel")
-        if channels == list(range(channels[0], channels[-1] + 1)):
-            return self.image[(slice(channels[0], channels[-1] + 1),) + region]
-        return np.stack([self.image[(c,) + region] for c in channels])
+        try:
+            if channels == list(range(channels[0], channels[-1] + 1)):
+                data = self.image[(slice(channels[0], channels[-1] + 1),) + region]
+            else:
+                data = np.stack([self.image[(c,) + region] for c in channels])
+        except _DECODE_ERRORS as exc:
+            raise self._damaged_chunk(region, channels, exc) from exc
+        if data.dtype.kind == "f" and not np.isfinite(data).all():
+            bad = [self.channels[c].name for i, c in enumerate(channels) if not np.isfinite(data[i]).all()]
+            count = int(data.size - np.count_nonzero(np.isfinite(data)))
+            spans = ", ".join(f"{r.start}:{r.stop}" for r in region)
+            raise VolumeError(f"{self.path}: {count} NaN or infinite value(s) in channel(s) {bad} "
+                              f"within z,y,x [{spans}]; replace them (e.g. with 0) before running")
+        return data
+
+    def constant_value(self, channel: int):
+        """The value of ``channel`` if every voxel has it, else None.
+
+        Reads chunk by chunk and stops at the first chunk that differs, so real
+        data costs one chunk; only a constant channel is read to the end.
+        """
+        first = None
+        for index in np.ndindex(*(math.ceil(s / c) for s, c in zip(self.spatial_shape, self.chunks))):
+            box = tuple(slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(index, self.chunks, self.spatial_shape))
+            data = self.read(box, [channel])
+            lo, hi = data.min(), data.max()
+            if first is None:
+                first = lo
+            if lo != first or hi != first:
+                return None
+        return first.item()
+
+    def _damaged_chunk(self, region, channels, exc) -> VolumeError:
+        """Find which chunk of ``region`` fails to decode and name its file."""
+        image = self.image
+        cz, cy, cx = image.chunks[1:]
+        ranges = [range(r.start // c, (r.stop - 1) // c + 1) for r, c in zip(region, (cz, cy, cx))]
+        for c in channels:
+            for iz in ranges[0]:
+                for iy in ranges[1]:
+                    for ix in ranges[2]:
+                        box = tuple(slice(i * n, (i + 1) * n) for i, n in zip((iz, iy, ix), (cz, cy, cx)))
+                        try:
+                            image[(c,) + box]
+                        except _DECODE_ERRORS as chunk_exc:
+                            key = (c, iz, iy, ix)
+                            try:
+                                name = image.metadata.encode_chunk_key(key)
+                            except AttributeError:
+                                name = "/".join(map(str, key))
+                            return VolumeError(
+                                f"{self.path}: damaged chunk {self.path / (image.basename or '0') / name} of channel "
+                                f"{self.channels[c].name!r} (corrupt or truncated): "
+                                f"{type(chunk_exc).__name__}: {chunk_exc}")
+        return VolumeError(f"{self.path}: cannot read region {region}: {type(exc).__name__}: {exc}")
 
     def write(self, region, data: np.ndarray, channels: Sequence[int] | None = None) -> None:
         """Write (c, z, y, x) ``data`` into a spatial ``region`` of level 0."""

@@ -13,6 +13,16 @@ Steps, each timed and recorded in ``run.json``::
 Blockwise steps keep done-markers under ``RUN/work``; rerunning a killed run
 resumes them. ``run.json`` is written at the start (status ``running``) and
 rewritten at the end (status ``complete``).
+
+Reliability rules (tested in ``tests/test_reliability_*.py``):
+
+- one run at a time per run directory: ``RUN/run.lock`` (:class:`pipeline.lock.RunLock`)
+  names the holder; a second run is refused, a stale lock of a dead process is taken over;
+- a run directory written by an incompatible version (``run.json``
+  ``format_version`` other than :data:`FORMAT_VERSION`) is refused, never mixed;
+- every table and metadata file is written atomically (temporary name, fsync, rename);
+- an unwritable output (read-only, not a folder, disk full) is a one-line
+  :class:`~pipeline.errors.PipelineError` naming the path.
 """
 
 from __future__ import annotations
@@ -30,8 +40,9 @@ from graph import Connectome
 from graph.annotate import annotate_neurons
 from graph.measure import measure_neurons
 from graph.synapses import pair_puncta
-from pipeline import BlockGrid, ConfigError, Executor, Volume, resolve_device
-from pipeline.storage import write_json, write_text_atomic
+from pipeline import BlockGrid, ConfigError, Executor, InputError, PipelineError, Volume, resolve_device
+from pipeline.lock import RunLock
+from pipeline.storage import crash_point, read_json, storage_error, write_json, write_parquet, write_text_atomic
 from pipeline.volume import open_label_image
 from sample_data import write_sample
 from segment import segment_volume
@@ -39,9 +50,13 @@ from segment.puncta import detect_puncta_volume
 
 from .spec import WorkflowConfig
 
-__all__ = ["run_workflow", "prepare_input"]
+__all__ = ["FORMAT_VERSION", "run_workflow", "prepare_input"]
 
 log = logging.getLogger(__name__)
+
+#: Layout version of a run directory (``run.json`` ``format_version``). Bump it
+#: when the layout of ``RUN/`` or ``RUN/work`` changes incompatibly.
+FORMAT_VERSION = 1
 
 _VERSIONED = ("optical-connectome", "numpy", "scipy", "scikit-image", "zarr", "dask", "distributed",
               "pandas", "pyarrow", "networkx", "connected-components-3d", "fastremap", "edt")
@@ -64,6 +79,7 @@ class _Timer:
     @contextmanager
     def step(self, name: str):
         log.info("step %s ...", name)
+        crash_point(f"step:{name}")
         start = time.perf_counter()
         yield
         self.seconds[name] = round(time.perf_counter() - start, 3)
@@ -134,10 +150,61 @@ def run_workflow(config: WorkflowConfig, *, progress: bool = True) -> Path:
         Show progress bars.
     """
     run_dir = Path(config.output)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise PipelineError(f"output {run_dir} exists and is not a folder") from None
+    except OSError as exc:
+        raise PipelineError(f"output {run_dir}: cannot create the run directory: {exc.strerror}") from None
+    with RunLock(run_dir):
+        _check_run_dir(run_dir)
+        for leftover in run_dir.glob(".*.tmp"):
+            # A temporary file of an atomic write cut short by a kill; we hold the lock.
+            leftover.unlink(missing_ok=True)
+        try:
+            return _run_locked(config, run_dir, progress)
+        except OSError as exc:
+            # Disk full, read-only or permission problems are the environment's, not bugs.
+            error = storage_error(exc.filename or run_dir, exc)
+            if error is exc:
+                raise
+            raise error from exc
+
+
+def _check_run_dir(run_dir: Path) -> None:
+    """Refuse a run directory written by an incompatible version of the pipeline."""
+    path = run_dir / "run.json"
+    if not path.exists():
+        return
+    try:
+        previous = read_json(path)
+    except (OSError, ValueError) as exc:
+        raise PipelineError(f"{path}: unreadable run record ({exc}); is {run_dir} a run directory? "
+                            "Delete it or choose another output") from None
+    version = previous.get("format_version") if isinstance(previous, dict) else None
+    if version != FORMAT_VERSION:
+        raise PipelineError(f"{path}: run directory format_version {version!r} is not {FORMAT_VERSION}, "
+                            f"the version this pipeline writes; delete {run_dir} or choose another output")
+
+
+def _check_signal(volume: Volume) -> None:
+    """Refuse an empty (all-zero) or constant fill channel: there is nothing to segment.
+
+    Such a volume would "succeed" with an empty connectome, which is almost
+    always a failed ingest or the wrong file; it stops here instead.
+    """
+    for index in volume.channels_with_role("fill", required=True):
+        value = volume.constant_value(index)
+        if value is not None:
+            what = "empty (every voxel is 0)" if value == 0 else f"constant (every voxel is {value})"
+            raise InputError(f"{volume.path}: fill channel {volume.channels[index].name!r} is {what}; "
+                             "nothing to segment (check the ingest or the input path)")
+
+
+def _run_locked(config: WorkflowConfig, run_dir: Path, progress: bool) -> Path:
     timer = _Timer()
     record = {
-        "format_version": 1,
+        "format_version": FORMAT_VERSION,
         "status": "running",
         "name": config.name,
         "config": config.model_dump(mode="json"),
@@ -148,6 +215,7 @@ def run_workflow(config: WorkflowConfig, *, progress: bool = True) -> Path:
 
     with timer.step("input"):
         volume = prepare_input(config)
+        _check_signal(volume)
     device = resolve_device(config.compute.device)
     grid = _grid(volume, config)
     record.update({
@@ -178,7 +246,11 @@ def run_workflow(config: WorkflowConfig, *, progress: bool = True) -> Path:
                                    background=neurons.attrs.get("background"))
     with timer.step("connectome"):
         connectome = Connectome.from_tables(neurons, synapses)
-        connectome.save(run_dir)
+        # pipeline.storage writes each table atomically *and* durably (fsync before rename).
+        for name, table in (("neurons.parquet", connectome.neuron_table),
+                            ("synapses.parquet", connectome.synapse_table),
+                            ("edges.parquet", connectome.edge_table)):
+            write_parquet(run_dir / name, table)
 
     record.update({
         "status": "complete",

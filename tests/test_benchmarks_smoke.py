@@ -1,0 +1,40 @@
+"""Smoke test of ``python -m benchmarks``: it runs on a tiny volume and reports every section.
+
+Structure only: no timing is asserted (a slow machine must never fail a test).
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_benchmark_script_runs_and_reports_structure(tmp_path):
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, "-m", "benchmarks", "--shape", "16,64,64", "--block-shape", "32,128,128",
+           "--repeats", "1", "--stages", "pipeline,skimage,cc3d,zarr,rss", "--rss-shapes", "16,64,64", "20,64,64",
+           "--json", str(out), "--tmpdir", str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "pipeline (full)" in proc.stdout
+    assert "peak RSS" in proc.stdout
+    report = json.loads(out.read_text())
+    assert report["shape"] == [16, 64, 64]
+    assert set(report["pipeline"]["stages_s"]) >= {"segment", "puncta", "measure", "synapses"}
+    assert len(report["pipeline"]["runs_s"]) == 1
+    assert {"seeds", "watershed_masked", "watershed_dense", "chain_masked"} <= set(report["skimage"])
+    assert report["cc3d"]["agree_6"] is True and report["cc3d"]["agree_26"] is True
+    assert {"read", "write"} <= set(report["zarr"])
+    assert len(report["rss"]["runs"]) == 2 and "peak_ratio" in report["rss"]
+    assert report["machine"]["nproc"] >= 1
+    # the temporary sample and runs are removed
+    assert not list(tmp_path.glob("oc-bench-*"))
+
+
+def test_benchmark_rejects_unknown_stage():
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--stages", "nonsense"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "nonsense" in proc.stderr
