@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import networkx as nx
+
+from pipeline.storage import atomic_path
 import numpy as np
 import pandas as pd
 
@@ -325,14 +326,9 @@ def _normalise_edges(df: pd.DataFrame, known: np.ndarray, what: str) -> pd.DataF
 
 
 def _atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` then atomically move the temp file onto ``path``."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
+    """Call ``write(tmp_path)``, flush it to disk, then rename it onto ``path``."""
+    with atomic_path(path) as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _node_records(table: pd.DataFrame) -> list[tuple[int, dict[str, Any]]]:

@@ -52,7 +52,6 @@ from graph.export_common import (
     ExportError,
     label_image,
     resolve_connectome,
-    valid_synapses,
     voxel_size_um,
     write_output,
 )

@@ -44,7 +44,7 @@ import numpy as np
 import zarr
 
 from pipeline import BlockGrid, ConfigError, Executor, Volume, VolumeError, resolve_device, run_blockwise
-from pipeline.storage import write_json
+from pipeline.storage import atomic_path, write_json
 from pipeline.volume import create_label_image, open_label_image
 
 from . import kernels
@@ -252,7 +252,7 @@ def segment_volume(volume: Volume, run_dir, config: SegmentConfig | None = None,
         min_neuron_size=config.min_neuron_size, links=links,
     )
     lut_path = work / "segment_lut.npz"
-    with open(lut_path, "wb") as f:
+    with atomic_path(lut_path) as tmp, open(tmp, "wb") as f:
         np.savez(f, keys=fragments.ids, values=neuron_of)
     timings["agglomerate"] = time.perf_counter() - t
 

@@ -36,7 +36,7 @@ def arrays(tmp_path):
     data = np.random.default_rng(0).integers(0, 100, size=(12, 20, 20)).astype(np.int32)
     source = zarr.create_array(str(tmp_path / "src.zarr"), shape=data.shape, chunks=(4, 5, 5), dtype=data.dtype)
     source[:] = data
-    target = zarr.create_array(str(tmp_path / "dst.zarr"), shape=data.shape, chunks=(4, 5, 5), dtype=data.dtype)
+    zarr.create_array(str(tmp_path / "dst.zarr"), shape=data.shape, chunks=(4, 5, 5), dtype=data.dtype)
     return data, str(tmp_path / "src.zarr"), str(tmp_path / "dst.zarr")
 
 

@@ -37,6 +37,7 @@ from importlib import metadata
 from pathlib import Path
 
 from graph import Connectome
+from graph.connectome import FORMAT_VERSION
 from graph.annotate import annotate_neurons
 from graph.measure import measure_neurons
 from graph.synapses import pair_puncta
@@ -56,7 +57,6 @@ log = logging.getLogger(__name__)
 
 #: Layout version of a run directory (``run.json`` ``format_version``). Bump it
 #: when the layout of ``RUN/`` or ``RUN/work`` changes incompatibly.
-FORMAT_VERSION = 1
 
 _VERSIONED = ("optical-connectome", "numpy", "scipy", "scikit-image", "zarr", "dask", "distributed",
               "pandas", "pyarrow", "networkx", "connected-components-3d", "fastremap", "edt")
