@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.volume import Channel, Volume
+from pipeline.volume import Volume
 
 from .config import SampleConfig
 from .generate import Sample, generate_sample
@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 VOLUME_NAME = "volume.zarr"
 TRUTH_LABELS = "truth"
 TRUTH_DIR = "truth"
+RAW_DIR = "raw"
 META_NAME = "meta.json"
 
 
@@ -54,27 +55,37 @@ def _check_target(out_dir: Path, overwrite: bool) -> None:
         raise FileExistsError(f"{out_dir} exists and is not a directory")
 
 
+def _write_raw(directory: Path, sample: Sample) -> Path:
+    """Write the image as a microscope would: one multi-page TIFF per channel + CHANNELS.yaml."""
+    import tifffile
+    import yaml
+
+    meta = sample.meta
+    raw = directory / RAW_DIR
+    raw.mkdir()
+    entries = []
+    for index, spec in enumerate(meta["channels"]):
+        name = f"{index:02d}_{spec['name']}.tif"
+        tifffile.imwrite(raw / name, sample.image[index], photometric="minisblack")
+        entries.append({"name": spec["name"], "role": spec["role"], "source": name,
+                        "color": spec["color"], "window": [float(w) for w in spec["window"]]})
+    channel_spec = {"voxel_size": [float(v) for v in meta["voxel_size"]], "unit": "micrometer",
+                    "channels": entries}
+    spec_path = raw / "channels.yaml"
+    spec_path.write_text(yaml.safe_dump(channel_spec, sort_keys=False))
+    return spec_path
+
+
 def _write_into(directory: Path, sample: Sample) -> None:
+    """Write raw TIFFs, ingest them into ``volume.zarr`` (the path users' data takes), add the truth."""
+    from ingest import ingest
+
     meta = sample.meta
     config = meta["config"]
     shape = tuple(sample.truth_labels.shape)
     chunks = tuple(min(int(c), s) for c, s in zip(config["chunks_zyx"], shape))
-    channels = [
-        Channel(spec["name"], spec["role"], color=spec["color"], window=tuple(spec["window"]))
-        for spec in meta["channels"]
-    ]
-    vol = Volume.create(
-        directory / VOLUME_NAME,
-        shape_zyx=shape,
-        channels=channels,
-        dtype="uint16",
-        voxel_size=tuple(meta["voxel_size"]),
-        unit="micrometer",
-        chunks_zyx=chunks,
-        extra_attributes={"sample": {"generator": meta["generator"], "seed": meta["seed"],
-                                     "format_version": meta["format_version"]}},
-    )
-    vol.write(tuple(slice(0, s) for s in shape), sample.image)
+    spec_path = _write_raw(directory, sample)
+    vol = ingest([], directory / VOLUME_NAME, spec_path, chunks=chunks, progress=False)
     labels = vol.create_labels(TRUTH_LABELS, dtype="uint64")
     labels[...] = sample.truth_labels
     truth = directory / TRUTH_DIR

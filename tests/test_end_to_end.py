@@ -58,6 +58,10 @@ def test_run_writes_every_output(finished_run):
     assert sorted(neurons.neuron_id) == sorted(np.unique(labels[labels > 0]))
     for name in ("synapses.parquet", "edges.parquet"):
         assert (run / name).exists()
+    report = (run / "report.html").read_text()
+    assert "Evaluation" in report and report.count("<img") >= 5
+    sample = finished_run / "sample"
+    assert sorted(p.name for p in (sample / "raw").glob("*.tif"))[0] == "00_fill.tif", "the sample is ingested from TIFFs"
 
 
 def test_evaluate_json(finished_run, capsys):

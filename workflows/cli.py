@@ -6,6 +6,7 @@ Commands::
     connectome sample OUT [--shape Z,Y,X] [--neurons N] [--barcodes K] [--dense] [--seed S]
     connectome run WORKFLOW.yaml [--output RUN_DIR] [--scheduler ADDRESS] [--device cpu|gpu|auto]
     connectome evaluate RUN_DIR --truth SAMPLE [--json]
+    connectome report RUN_DIR [--truth SAMPLE] [--output report.html]
     connectome export RUN_DIR --format graphml --output PATH
 
 Exit codes: 0 success; 1 unexpected internal error (a bug: the traceback is
@@ -22,6 +23,8 @@ from pathlib import Path
 
 from ingest.cli import add_ingest_parser
 from pipeline.errors import PipelineError
+
+from .report import add_report_parser
 
 __all__ = ["main", "build_parser"]
 
@@ -124,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_sample)
 
     add_ingest_parser(sub)
+    add_report_parser(sub)
 
     p = sub.add_parser("run", help="run a workflow YAML end to end",
                        epilog="example: connectome run workflows/sample.yaml --output runs/sample --device auto")

@@ -9,6 +9,7 @@ Steps, each timed and recorded in ``run.json``::
     measure    per-neuron statistics, reduced across blocks
     annotate   barcode calls and cell types
     connectome neurons/synapses/edges tables (Parquet)
+    report     report.html: summary, slices with outlines and synapses, plots, evaluation
 
 Blockwise steps keep done-markers under ``RUN/work``; rerunning a killed run
 resumes them. ``run.json`` is written at the start (status ``running``) and
@@ -49,6 +50,7 @@ from sample_data import write_sample
 from segment import segment_volume
 from segment.puncta import detect_puncta_volume
 
+from .report import REPORT_FILE, write_report
 from .spec import WorkflowConfig
 
 __all__ = ["FORMAT_VERSION", "run_workflow", "prepare_input"]
@@ -271,8 +273,16 @@ def _run_locked(config: WorkflowConfig, run_dir: Path, progress: bool) -> Path:
             "synapses": "synapses.parquet",
             "edges": "edges.parquet",
             "work": "work",
+            "report": REPORT_FILE,
         },
     })
     write_json(run_dir / "run.json", record)
     log.info("run complete: %s", record["counts"])
+    try:
+        report = write_report(run_dir, truth=config.input.truth)
+        log.info("report: %s", report)
+    except PipelineError as exc:
+        # The connectome is complete and durable; a report that cannot be drawn
+        # (e.g. the truth folder moved) must not turn the run into a failure.
+        log.warning("run complete but the report could not be written: %s", exc)
     return run_dir
