@@ -172,3 +172,23 @@ def test_changed_segmentation_recomputes_downstream_blocks(finished_run, tmp_pat
     neurons = pd.read_parquet(run / "neurons.parquet")
     labels = _labels(run)
     assert sorted(neurons.neuron_id) == sorted(np.unique(labels[labels > 0]))
+
+
+def test_workflow_ingest_step_gives_the_same_connectome(finished_run, tmp_path):
+    """input.ingest: the sample's TIFFs ingested by the workflow itself end in the same result."""
+    import yaml
+
+    raw = finished_run / "sample" / "raw"
+    spec = yaml.safe_load((raw / "channels.yaml").read_text())
+    spec["chunks"] = TINY["chunks_zyx"]
+    (raw / "channels_e2e.yaml").write_text(yaml.safe_dump(spec))
+    text = _workflow(finished_run).read_text()
+    start = text.index("  sample:")
+    end = text.index("  truth:")
+    text = (text[:start] + f"  ingest: {{channels: {raw / 'channels_e2e.yaml'}, out: {tmp_path / 'v.zarr'}}}\n"
+            + text[end:]).replace(str(finished_run / "run"), str(tmp_path / "run"))
+    (tmp_path / "wf.yaml").write_text(text)
+    assert main(["-q", "run", str(tmp_path / "wf.yaml")]) == 0
+    np.testing.assert_array_equal(_labels(tmp_path / "run"), _labels(finished_run / "run"))
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "run" / "edges.parquet"),
+                                  pd.read_parquet(finished_run / "run" / "edges.parquet"))

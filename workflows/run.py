@@ -42,6 +42,7 @@ from graph.connectome import FORMAT_VERSION
 from graph.annotate import annotate_neurons
 from graph.measure import measure_neurons
 from graph.synapses import pair_puncta
+from ingest import ingest
 from pipeline import BlockGrid, ConfigError, Executor, InputError, PipelineError, Volume, resolve_device
 from pipeline.lock import RunLock
 from pipeline.storage import crash_point, read_json, storage_error, write_json, write_parquet, write_text_atomic
@@ -88,9 +89,12 @@ class _Timer:
         log.info("step %s done in %.1f s", name, self.seconds[name])
 
 
-def prepare_input(config: WorkflowConfig) -> Volume:
-    """Open the input volume, generating the bundled sample first when it is missing."""
+def prepare_input(config: WorkflowConfig, progress: bool = False) -> Volume:
+    """Open the input volume: ingest it or generate the bundled sample first when asked."""
     source = config.input
+    if source.ingest is not None:
+        step = source.ingest
+        return ingest(step.sources, step.out, step.channels, overwrite=step.overwrite, progress=progress)
     if source.sample is not None:
         marker = source.sample.path / "truth" / "meta.json"
         if not marker.exists():

@@ -5,6 +5,7 @@ Example (``workflows/sample.yaml``)::
     name: sample
     input:
       sample: {path: sample_data/sample}    # or: volume: path/to/volume.zarr
+                                            # or: ingest: {channels: raw/CHANNELS.yaml, out: data/volume.zarr}
       truth: sample_data/sample              # optional: evaluate at the end
     output: runs/sample
     compute: {scheduler: local, block_shape: [48, 128, 128]}
@@ -30,7 +31,7 @@ from sample_data import SampleConfig
 from segment.config import SegmentConfig
 from segment.puncta import PunctaConfig
 
-__all__ = ["SampleInput", "InputConfig", "WorkflowConfig", "load_workflow"]
+__all__ = ["SampleInput", "IngestInput", "InputConfig", "WorkflowConfig", "load_workflow"]
 
 
 class SampleInput(StrictModel):
@@ -40,22 +41,42 @@ class SampleInput(StrictModel):
     config: SampleConfig = Field(default_factory=SampleConfig)
 
 
+class IngestInput(StrictModel):
+    """Ingest microscope files first (``connectome ingest`` as a workflow step).
+
+    ``channels`` is a CHANNELS.yaml (see :mod:`ingest.spec`); ``sources`` may
+    be left empty when the spec lists them. An ingest that already finished
+    with the same sources and options is not repeated; an interrupted one resumes.
+    """
+
+    channels: Path
+    out: Path
+    sources: list[str] = Field(default_factory=list)
+    overwrite: bool = False
+
+
 class InputConfig(StrictModel):
-    """Where the image comes from: exactly one of ``volume`` or ``sample``."""
+    """Where the image comes from: exactly one of ``volume``, ``ingest`` or ``sample``."""
 
     volume: Path | None = None
+    ingest: IngestInput | None = None
     sample: SampleInput | None = None
     truth: Path | None = None
 
     @model_validator(mode="after")
     def _exactly_one_source(self):
-        if (self.volume is None) == (self.sample is None):
-            raise ValueError("give exactly one of 'volume' (an OME-Zarr path) or 'sample'")
+        given = [s for s in (self.volume, self.ingest, self.sample) if s is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of 'volume' (an OME-Zarr path), 'ingest' or 'sample'")
         return self
 
     @property
     def volume_path(self) -> Path:
-        return self.volume if self.volume is not None else self.sample.path / "volume.zarr"
+        if self.volume is not None:
+            return self.volume
+        if self.ingest is not None:
+            return self.ingest.out
+        return self.sample.path / "volume.zarr"
 
 
 class WorkflowConfig(StrictModel):
