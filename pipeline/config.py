@@ -44,7 +44,8 @@ class ComputeConfig(StrictModel):
     retries : int
         How often a failed block is retried before the run stops.
     dashboard_address : str
-        Where the local cluster serves its dashboard (``:0`` picks a free port).
+        Where the local cluster serves its dashboard; loopback only unless you
+        ask otherwise (``:8787`` for every interface, ``127.0.0.1:0`` for a free port).
     """
 
     scheduler: str = "local"
@@ -53,7 +54,7 @@ class ComputeConfig(StrictModel):
     device: Literal["cpu", "gpu", "auto"] = "auto"
     block_shape: tuple[int, int, int] = (64, 128, 128)
     retries: int = Field(default=2, ge=0)
-    dashboard_address: str = ":8787"
+    dashboard_address: str = "127.0.0.1:8787"
     memory_limit: str = "auto"
 
     @field_validator("block_shape")

@@ -75,6 +75,7 @@ class Executor(AbstractContextManager):
                 n_workers=n_workers,
                 threads_per_worker=self.config.threads_per_worker,
                 dashboard_address=self.config.dashboard_address,
+                host="127.0.0.1",
                 memory_limit=self.config.memory_limit,
                 processes=True,
                 silence_logs=logging.WARNING,

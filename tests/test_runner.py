@@ -107,9 +107,10 @@ def test_distributed_cluster_gives_the_same_result(tmp_path, arrays):
     data, source, target = arrays
     grid = BlockGrid(data.shape, (4, 10, 10), halo=1, chunks=(4, 5, 5))
     step = functools.partial(_double_block, source=source, target=target)
-    config = ComputeConfig(scheduler="local", n_workers=2, dashboard_address=":0", retries=1)
+    config = ComputeConfig(scheduler="local", n_workers=2, dashboard_address="127.0.0.1:0", retries=1)
     with Executor(config) as ex:
-        assert ex.dashboard_link
+        assert ex.dashboard_link.startswith("http://127.0.0.1:")
+        assert ex.client.scheduler.address.startswith("tcp://127.0.0.1:")
         summaries = run_blockwise(step, grid, name="double", state_dir=tmp_path / "s", executor=ex, progress=False)
         with pytest.raises(BlockError, match=r"step 'broken': block \d.*bad voxel data"):
             run_blockwise(_always_fails, grid, name="broken", state_dir=tmp_path / "s", executor=ex, progress=False)
