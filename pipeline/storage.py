@@ -119,7 +119,7 @@ def read_json(path):
 
 def write_text_atomic(path, text: str) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
 
 
 def write_parquet(path, frame) -> None:

@@ -58,6 +58,7 @@ def test_run_writes_every_output(finished_run):
     assert sorted(neurons.neuron_id) == sorted(np.unique(labels[labels > 0]))
     for name in ("synapses.parquet", "edges.parquet"):
         assert (run / name).exists()
+    assert set(METRIC_KEYS) <= set(record["evaluation"]["metrics"]), "evaluated once, kept in run.json"
     report = (run / "report.html").read_text()
     assert "Evaluation" in report and report.count("<img") >= 5
     sample = finished_run / "sample"

@@ -62,7 +62,7 @@ def _cmd_sample(args) -> int:
 
 
 def _cmd_run(args) -> int:
-    from .evaluate import evaluate_run, format_report
+    from .evaluate import format_report
     from .run import run_workflow
     from .spec import load_workflow
 
@@ -78,9 +78,8 @@ def _cmd_run(args) -> int:
     run_dir = run_workflow(config, progress=not args.quiet)
     record = json.loads((run_dir / "run.json").read_text())
     print(f"run complete: {run_dir}  ({record['total_s']:.1f} s; {record['counts']})")
-    if config.input.truth is not None:
-        metrics = evaluate_run(run_dir, config.input.truth)
-        print(format_report(metrics))
+    if "evaluation" in record:
+        print(format_report(record["evaluation"]["metrics"]))
     return EXIT_OK
 
 

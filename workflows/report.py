@@ -36,7 +36,6 @@ import io
 import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 
@@ -45,6 +44,7 @@ import pandas as pd
 import zarr
 
 from pipeline.errors import InputError, PipelineError
+from pipeline.storage import write_text_atomic
 
 __all__ = ["REPORT_FILE", "SECTION_TITLES", "add_report_parser", "write_report"]
 
@@ -577,10 +577,11 @@ def _confidence_section(synapses: pd.DataFrame) -> str:
                                                                     numeric_cols=(1,))
 
 
-def _evaluation_section(run_dir: Path, truth: Path) -> str:
+def _evaluation_section(run_dir: Path, truth: Path, metrics: dict | None = None) -> str:
     from workflows.evaluate import METRIC_KEYS, evaluate_run
 
-    metrics = evaluate_run(run_dir, truth)
+    if metrics is None:
+        metrics = evaluate_run(run_dir, truth)
     rows = []
     for key in list(METRIC_KEYS) + [k for k in metrics if k not in METRIC_KEYS]:
         if key not in metrics:
@@ -597,7 +598,7 @@ def _evaluation_section(run_dir: Path, truth: Path) -> str:
 # --------------------------------------------------------------------------- API
 
 
-def write_report(run_dir, *, truth=None, output=None) -> Path:
+def write_report(run_dir, *, truth=None, output=None, metrics: dict | None = None) -> Path:
     """Write a self-contained HTML report of a run directory.
 
     Parameters
@@ -609,6 +610,9 @@ def write_report(run_dir, *, truth=None, output=None) -> Path:
         (:func:`workflows.evaluate.evaluate_run`).
     output : str or Path, optional
         Where to write; default ``run_dir/report.html``. Parent folders are created.
+    metrics : dict, optional
+        The evaluation of ``run_dir`` against ``truth`` when the caller already
+        has it (the run computes it once); otherwise it is computed here.
 
     Returns
     -------
@@ -651,7 +655,7 @@ def write_report(run_dir, *, truth=None, output=None) -> Path:
         ("Synapse confidence", _confidence_section(synapses)),
     ]
     if truth is not None:
-        sections.append(("Evaluation", _evaluation_section(run_dir, Path(truth))))
+        sections.append(("Evaluation", _evaluation_section(run_dir, Path(truth), metrics)))
 
     title = f"Connectome run report: {record.get('name', run_dir.name)}"
     toc = "".join(f'<li><a href="#s{i}">{_esc(name)}</a></li>' for i, (name, _) in enumerate(sections))
@@ -665,10 +669,7 @@ def write_report(run_dir, *, truth=None, output=None) -> Path:
         f"<code>{_esc(run_dir)}</code>.</p>\n<ul>{toc}</ul>\n{body}\n</body>\n</html>\n"
     )
     try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        tmp = output.with_name(f".{output.name}.tmp")
-        tmp.write_text(document, encoding="utf-8")
-        os.replace(tmp, output)
+        write_text_atomic(output, document)
     except OSError as exc:
         raise PipelineError(f"cannot write report {output}: {exc.strerror or exc}") from None
     logger.info("wrote report %s (%.1f s, %d KiB)", output, time.perf_counter() - started,

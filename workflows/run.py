@@ -51,6 +51,7 @@ from sample_data import write_sample
 from segment import segment_volume
 from segment.puncta import detect_puncta_volume
 
+from .evaluate import evaluate_run
 from .report import REPORT_FILE, write_report
 from .spec import WorkflowConfig
 
@@ -282,8 +283,14 @@ def _run_locked(config: WorkflowConfig, run_dir: Path, progress: bool) -> Path:
     })
     write_json(run_dir / "run.json", record)
     log.info("run complete: %s", record["counts"])
+    metrics = None
+    if config.input.truth is not None:
+        # Evaluated once here; the report and the command line reuse run.json's copy.
+        metrics = evaluate_run(run_dir, config.input.truth)
+        record["evaluation"] = {"truth": str(config.input.truth), "metrics": metrics}
+        write_json(run_dir / "run.json", record)
     try:
-        report = write_report(run_dir, truth=config.input.truth)
+        report = write_report(run_dir, truth=config.input.truth, metrics=metrics)
         log.info("report: %s", report)
     except PipelineError as exc:
         # The connectome is complete and durable; a report that cannot be drawn
