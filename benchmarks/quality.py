@@ -4,6 +4,10 @@ Usage::
 
     python -m benchmarks.quality --seeds 0 1 2 3 --ablation --out runs/quality
     python -m benchmarks.quality --seeds 0 --shape 128,384,384 --neurons 48
+    python -m benchmarks.quality --seeds 0 --set n_barcodes=6 --set read_noise=32
+
+``--set FIELD=VALUE`` sets any :class:`sample_data.SampleConfig` field (a
+harder sample: fewer barcode channels, more noise, more puncta, ...).
 
 Each sample is generated once under ``OUT/samples``; each run writes
 ``OUT/runs/<name>``. The table printed at the end (Markdown) is what
@@ -40,12 +44,27 @@ def _config(base: WorkflowConfig, sample_dir: Path, run_dir: Path, sample_fields
     return validate_config(WorkflowConfig, data, source="benchmarks.quality")
 
 
+def _settings(parser: argparse.ArgumentParser, items: list[str]) -> dict:
+    """``["n_barcodes=6", "read_noise=32"]`` -> ``{"n_barcodes": 6, "read_noise": 32.0}`` (YAML scalars)."""
+    import yaml
+
+    fields = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            parser.error(f"--set needs FIELD=VALUE, got {item!r}")
+        fields[key.strip()] = yaml.safe_load(value)
+    return fields
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     parser.add_argument("--shape", help="Z,Y,X of each sample (default: the sample default 96,256,256)")
     parser.add_argument("--neurons", type=int, help="neurons per sample")
     parser.add_argument("--dense", action="store_true")
+    parser.add_argument("--set", dest="settings", action="append", default=[], metavar="FIELD=VALUE",
+                        help="a SampleConfig field of every sample (repeatable), e.g. n_barcodes=6")
     parser.add_argument("--ablation", action="store_true", help="also run without barcode evidence")
     parser.add_argument("--workflow", type=Path, default=Path("workflows/sample.yaml"))
     parser.add_argument("--out", type=Path, default=Path("runs/quality"))
@@ -59,7 +78,10 @@ def main(argv=None) -> int:
             fields["shape"] = [int(v) for v in args.shape.split(",")]
         if args.neurons:
             fields["n_neurons"] = args.neurons
+        extra = _settings(parser, args.settings)
+        fields.update(extra)
         tag = f"seed{seed}" + ("_dense" if args.dense else "") + (f"_{args.shape.replace(',', 'x')}" if args.shape else "")
+        tag += "".join(f"_{k}{v}" for k, v in extra.items())
         sample_dir = args.out / "samples" / tag
         for use_barcodes in (True, False) if args.ablation else (True,):
             name = tag + ("" if use_barcodes else "_nobarcodes")

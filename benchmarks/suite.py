@@ -20,6 +20,16 @@ a temporary folder, not timed) and times on that same volume:
 ``cc3d``
     ``cc3d.connected_components`` vs ``scipy.ndimage.label`` on the same Otsu
     foreground, 6- and 26-connected (the label counts are checked equal).
+``kernels``
+    the per-stage kernels on the same volume, ours against the SciPy/NumPy
+    reference they replace: ``pipeline.filters.gaussian`` (OpenCV) vs
+    ``scipy.ndimage.gaussian_filter`` (σ 2, truncate 4, reflect) and
+    ``pipeline.filters.maximum`` vs ``scipy.ndimage.maximum_filter`` (3³,
+    nearest) on the float32 fill channel (the largest difference from SciPy
+    is reported), puncta detection (``segment.puncta.detect_puncta`` on the
+    whole pre channel) and per-neuron statistics (``graph.measure.label_sums``
+    of every channel over the truth labels) vs one plain ``np.bincount`` per
+    channel; the statistics rows give channel-Mvox/s in the note.
 ``zarr``
     plain Zarr v3 write and read of the volume's bytes (all channels, same
     chunks, Zarr's default zstd codec, as the sample volume uses).
@@ -64,7 +74,7 @@ __all__ = ["main", "parse_args", "run_suite", "format_table", "machine_info", "t
 
 log = logging.getLogger("benchmarks")
 
-ALL_STAGES = ("pipeline", "skimage", "waterz", "cc3d", "zarr", "rss")
+ALL_STAGES = ("pipeline", "kernels", "skimage", "waterz", "cc3d", "zarr", "rss")
 DEFAULT_SHAPE = (64, 256, 256)
 DEFAULT_BLOCK = (64, 128, 128)
 DEFAULT_RSS_SHAPES = ((64, 256, 256), (128, 256, 256))
@@ -331,6 +341,67 @@ def bench_cc3d(fill: np.ndarray, repeats: int) -> dict:
     return out
 
 
+@contextlib.contextmanager
+def _scipy_puncta_filters():
+    """``segment.puncta`` with its filters on scipy.ndimage, as before ``pipeline.filters`` (the baseline)."""
+    import scipy.ndimage as ndi
+
+    import segment.puncta as puncta
+
+    saved = puncta.gaussian, puncta.maximum
+    puncta.gaussian = lambda image, sigma, order=0, truncate=4.0, mode="reflect": ndi.gaussian_filter(
+        image, sigma, order=order, truncate=truncate, mode=mode)
+    puncta.maximum = lambda image, size, mode="reflect": ndi.maximum_filter(image, size=size, mode=mode)
+    try:
+        yield
+    finally:
+        puncta.gaussian, puncta.maximum = saved
+
+
+def bench_kernels(sample_dir: Path, repeats: int) -> dict:
+    """Our filters, puncta detection and per-neuron statistics vs the SciPy/NumPy references."""
+    import scipy.ndimage as ndi
+
+    from graph.measure import label_sums
+    from pipeline import Volume
+    from pipeline.filters import gaussian, maximum, opencv_available
+    from segment.puncta import PunctaConfig, detect_puncta, dog_response, robust_noise
+
+    volume = Volume.open(sample_dir / "volume.zarr", mode="r")
+    fill = np.ascontiguousarray(volume.image[volume.channels_with_role("fill", required=True)[0]], np.float32)
+    out = {"opencv": opencv_available()}
+    ref = ndi.gaussian_filter(fill, 2.0, mode="reflect", truncate=4.0)
+    out["gaussian_rel_err"] = float(np.abs(gaussian(fill, 2.0) - ref).max() / max(np.abs(ref).max(), 1e-30))
+    out["gaussian_ours"] = timed(lambda: gaussian(fill, 2.0, mode="reflect", truncate=4.0), repeats)
+    out["gaussian_scipy"] = timed(lambda: ndi.gaussian_filter(fill, 2.0, mode="reflect", truncate=4.0), repeats)
+    out["maximum_equal"] = bool(np.array_equal(maximum(fill, 3, mode="nearest"),
+                                               ndi.maximum_filter(fill, size=3, mode="nearest")))
+    out["maximum_ours"] = timed(lambda: maximum(fill, 3, mode="nearest"), repeats)
+    out["maximum_scipy"] = timed(lambda: ndi.maximum_filter(fill, size=3, mode="nearest"), repeats)
+    del ref
+    pre = np.asarray(volume.image[volume.channels_with_role("pre", required=True)[0]])
+    config = PunctaConfig()
+    noise = robust_noise(dog_response(pre, config))
+    out["puncta_n"] = len(detect_puncta(pre, config, noise))
+    out["puncta"] = timed(lambda: detect_puncta(pre, config, noise), repeats)
+    with _scipy_puncta_filters():
+        out["puncta_scipy_n"] = len(detect_puncta(pre, config, noise))
+        out["puncta_scipy"] = timed(lambda: detect_puncta(pre, config, noise), repeats)
+    labels = np.ascontiguousarray(volume.labels("truth")[...])
+    channels = np.asarray(volume.image[...])
+    out["stats_channels"] = int(channels.shape[0])
+    out["stats_labels"] = len(label_sums(labels, channels))
+    out["stats_ours"] = timed(lambda: label_sums(labels, channels), repeats)
+
+    def bincount_reference():
+        ids, inverse = np.unique(labels.ravel(), return_inverse=True)
+        return [np.bincount(inverse, weights=channels[c].ravel(), minlength=len(ids))
+                for c in range(channels.shape[0])]
+
+    out["stats_bincount"] = timed(bincount_reference, repeats)
+    return out
+
+
 def bench_zarr(sample_dir: Path, work: Path, repeats: int) -> dict:
     """Plain Zarr v3 write and read of the whole sample image (all channels), same chunks and codec."""
     import zarr
@@ -428,6 +499,9 @@ def run_suite(args: argparse.Namespace) -> dict:
         if "pipeline" in stages:
             log.info("timing the full pipeline (%d repeats + warm-up)", args.repeats)
             report["pipeline"] = bench_pipeline(sample, root, args.block_shape, args.repeats)
+        if "kernels" in stages:
+            log.info("timing the filters, puncta and statistics kernels against scipy/numpy")
+            report["kernels"] = bench_kernels(sample, args.repeats)
         if any(s in stages for s in ("skimage", "waterz", "cc3d")):
             fill, voxel_size = _fill_channel(sample)
             if "skimage" in stages:
@@ -490,6 +564,30 @@ def format_table(report: dict) -> str:
         for name, s in pipe["segment_phases_s"].items():
             if s > 0:
                 rows.append(_row(f"    segment.{name}", s, mvox, None, ""))
+    kn = report.get("kernels")
+    if kn:
+        g_speed = mvox / kn["gaussian_ours"]["median_s"]
+        m_speed = mvox / kn["maximum_ours"]["median_s"]
+        backend = "OpenCV" if kn["opencv"] else "scipy fallback"
+        rows.append(_row("gaussian σ2 (pipeline.filters)", kn["gaussian_ours"]["median_s"], mvox, None,
+                         f"{backend}; max rel diff vs scipy {kn['gaussian_rel_err']:.1e}"))
+        rows.append(_row("gaussian σ2 (scipy.ndimage)", kn["gaussian_scipy"]["median_s"], mvox, g_speed,
+                         "ours÷scipy"))
+        rows.append(_row("max filter 3³ (pipeline.filters)", kn["maximum_ours"]["median_s"], mvox, None,
+                         f"{backend}; equal to scipy: {kn['maximum_equal']}"))
+        rows.append(_row("max filter 3³ (scipy.ndimage)", kn["maximum_scipy"]["median_s"], mvox, m_speed,
+                         "ours÷scipy"))
+        p_speed = mvox / kn["puncta"]["median_s"]
+        rows.append(_row("puncta detect_puncta (1 channel)", kn["puncta"]["median_s"], mvox, None,
+                         f"{kn['puncta_n']} puncta, whole volume in memory"))
+        rows.append(_row("  same with scipy.ndimage filters", kn["puncta_scipy"]["median_s"], mvox, p_speed,
+                         f"{kn['puncta_scipy_n']} puncta; ours÷this"))
+        nch = kn["stats_channels"]
+        s_ours, s_ref = kn["stats_ours"]["median_s"], kn["stats_bincount"]["median_s"]
+        rows.append(_row(f"per-neuron stats label_sums ({nch} ch)", s_ours, mvox, None,
+                         f"{mvox * nch / s_ours:.0f} channel-Mvox/s; {kn['stats_labels']} labels"))
+        rows.append(_row("  np.unique + bincount per channel", s_ref, mvox, (mvox / s_ours),
+                         f"{mvox * nch / s_ref:.0f} channel-Mvox/s; ours÷this"))
     sk = report.get("skimage")
     if sk:
         ref = seg_speed

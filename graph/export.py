@@ -17,6 +17,11 @@ all           every format above that is available            directory, one ent
 
 Units: every export writes physical coordinates and states them (see each
 writer); the voxel size comes from ``run.json`` (``voxel_size``, µm, z, y, x).
+
+An export never replaces the run it reads: an ``output`` that resolves (after
+``..`` and symbolic links) to the run directory, a folder containing it, or
+one of the run's own entries (``work``, ``labels.zarr``, the tables, ...) is an
+:class:`ExportPathError`. A new folder inside the run directory is fine.
 """
 
 from __future__ import annotations
@@ -34,8 +39,31 @@ from networkx.utils import open_file
 
 from graph.connectome import Connectome
 from graph.export_common import ExportError, resolve_connectome, write_output
+from pipeline.errors import ConfigError
 
-__all__ = ["write_graphml", "export", "EXPORT_FORMATS", "ExportError"]
+__all__ = ["write_graphml", "export", "EXPORT_FORMATS", "ExportError", "ExportPathError"]
+
+#: Entries of a run directory an export must never replace (see ``docs/contracts.md``).
+_RUN_ENTRIES = ("run.json", "run.lock", "work", "labels.zarr", "neurons.parquet", "synapses.parquet",
+                "edges.parquet", "report.html")
+
+
+class ExportPathError(ExportError, ConfigError):
+    """The export output would replace the run directory it reads, or part of it."""
+
+
+def _check_output_path(output: Path, run_dir: Path | None) -> None:
+    """Refuse an ``output`` that is, contains, or is one of the entries of ``run_dir``."""
+    if run_dir is None:
+        return
+    out, run = output.resolve(), Path(run_dir).resolve()
+    if out == run or out in run.parents:
+        what = "is" if out == run else "contains"
+        raise ExportPathError(f"export output {str(output)!r} ({out}) {what} the run directory {run_dir} "
+                              "being exported; choose another output")
+    if run in out.parents and out.relative_to(run).parts[0] in _RUN_ENTRIES:
+        raise ExportPathError(f"export output {str(output)!r} ({out}) would replace the run's own "
+                              f"{out.relative_to(run).parts[0]!r}; choose another output")
 
 logger = logging.getLogger(__name__)
 
@@ -272,6 +300,8 @@ def export(
     ------
     ExportError
         Unknown format, unknown options, or missing data (label image, voxel size).
+    ExportPathError
+        ``output`` is the run directory, contains it, or is one of its entries.
     FileExistsError
         ``output`` exists and ``overwrite`` is False.
     FileNotFoundError
@@ -296,6 +326,10 @@ def export(
             f"unknown option(s) {unknown} for format {name!r}; known: {sorted(allowed)}"
         )
     out = Path(output)
+    if isinstance(connectome_or_run_dir, Connectome):
+        _check_output_path(out, connectome_or_run_dir.run_dir)
+    elif isinstance(connectome_or_run_dir, (str, os.PathLike)):
+        _check_output_path(out, Path(connectome_or_run_dir))
     if out.exists() and not overwrite:
         raise FileExistsError(
             f"output {str(out)!r} already exists (pass overwrite=True / --overwrite to replace it)"

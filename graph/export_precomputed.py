@@ -304,10 +304,17 @@ def _write_meshes(vol: Any, seg_dir: Path, volume_xyz: np.ndarray, resolution: n
 
 
 def _write_skeletons(vol: Any, skels: dict, resolution: np.ndarray) -> None:
+    # Neuroglancer renders only float32 vertex attributes ("Data type not supported by
+    # WebGL: UINT8" fails the whole layer), so kimimaro's uint8 ``vertex_types`` is dropped.
+    info = vol.skeleton.meta.info
+    info["vertex_attributes"] = [a for a in info.get("vertex_attributes") or []
+                                 if a.get("data_type") == "float32"]
+    keep = {a["id"] for a in info["vertex_attributes"]}
     vol.skeleton.meta.commit_info()
     out = []
     for seg, skel in skels.items():
         skel = skel.clone()
+        skel.extra_attributes = [a for a in skel.extra_attributes if a["id"] in keep]
         skel.vertices = (skel.vertices + 0.5 * resolution).astype("float32")
         skel.id = int(seg)
         out.append(skel)

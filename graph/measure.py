@@ -7,8 +7,11 @@ integer quantities (counts, coordinates, integer channel values) are carried
 as float64 and stay exact below 2**53, so for integer images the blockwise
 result equals the whole-volume result exactly, whatever the block shape.
 
-The kernel :func:`label_sums` runs on NumPy or CuPy arrays (``xp.unique`` +
-``xp.bincount``); only the small sum table comes back to the host.
+The kernel :func:`label_sums` runs on NumPy or CuPy arrays; only the small
+sum table comes back to the host. On the GPU it is ``xp.unique`` +
+``xp.bincount``; on the CPU a few linear passes (``fastremap.renumber``,
+``cc3d.statistics``, one ``np.bincount`` per channel) give the same numbers
+(see :func:`_label_sums_cpu`).
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ from pipeline.volume import Volume
 __all__ = ["label_sums", "reduce_label_sums", "measure_neurons", "measure_array", "BBOX_COLUMNS"]
 
 log = logging.getLogger(__name__)
+
+#: Bins per label for the channel sums of small-integer images (see :func:`_label_sums_cpu`).
+_SPREAD = 4
 
 BBOX_COLUMNS = ("bbox_min_z", "bbox_min_y", "bbox_min_x", "bbox_max_z", "bbox_max_y", "bbox_max_x")
 
@@ -59,6 +65,8 @@ def label_sums(labels_zyx, channels_czyx=None, *, offset=(0, 0, 0)) -> pd.DataFr
         if channels_czyx.ndim != 4 or tuple(channels_czyx.shape[1:]) != tuple(labels_zyx.shape):
             raise InputError(f"channels {channels_czyx.shape} must be (c,) + labels shape {labels_zyx.shape}")
         n_channels = channels_czyx.shape[0]
+    if xp is np and labels_zyx.size and labels_zyx.dtype.kind in "iub":
+        return _label_sums_cpu(labels_zyx, channels_czyx, offset)
     ids, inverse = xp.unique(labels_zyx.ravel(), return_inverse=True)
     inverse = inverse.reshape(labels_zyx.shape)
     n = int(ids.size)
@@ -84,6 +92,67 @@ def label_sums(labels_zyx, channels_czyx=None, *, offset=(0, 0, 0)) -> pd.DataFr
     for c in range(n_channels):
         values = channels_czyx[c].ravel().astype(xp.float64)
         out[f"sum_c{c}"] = to_host(xp.bincount(flat, weights=values, minlength=n)).astype(np.float64)
+    return pd.DataFrame(out)
+
+
+def _label_sums_cpu(labels_zyx: np.ndarray, channels_czyx, offset) -> pd.DataFrame:
+    """:func:`label_sums` on the host, the same numbers in a few linear passes.
+
+    ``fastremap.renumber`` maps the labels to ``0..n-1`` (small dtype, no
+    sort), ``cc3d.statistics`` gives counts, bounding boxes and centroids in
+    one C++ pass, and one ``np.bincount`` per channel (intp keys made once,
+    integer weights converted by bincount itself) gives the channel sums.
+    Coordinate sums are ``rint(centroid * count)``: the local coordinate sum
+    is an integer (< 2**50 for any block) and cc3d's centroid is that double
+    sum divided once by the count, so the product is within one rounding of
+    the integer and ``rint`` recovers it exactly. Channel sums accumulate in
+    double in voxel order, as the generic path does. Rows are sorted by label.
+    """
+    import cc3d
+    import fastremap
+
+    labels = np.ascontiguousarray(labels_zyx)
+    if labels.dtype == bool:
+        labels = labels.view(np.uint8)
+    inverse, mapping = fastremap.renumber(labels, start=0, preserve_zero=False, in_place=False)
+    n = len(mapping)
+    ids = np.empty(n, dtype=labels.dtype)
+    ids[np.fromiter(mapping.values(), dtype=np.int64, count=n)] = np.fromiter(mapping.keys(), dtype=labels.dtype,
+                                                                             count=n)
+    order = np.argsort(ids, kind="stable")
+    if inverse.dtype.kind == "i":        # renumber keeps signedness; 0..n-1 fits the unsigned twin
+        inverse = inverse.view(inverse.dtype.str.replace("i", "u"))
+    stats = cc3d.statistics(inverse, no_slice_conversion=True)
+    count = np.asarray(stats["voxel_counts"], dtype=np.float64)[:n]
+    boxes = np.asarray(stats["bounding_boxes"], dtype=np.int64)[:n]
+    centroids = np.asarray(stats["centroids"], dtype=np.float64)[:n]
+    out = {"neuron_id": ids[order].astype(np.uint64), "count": count[order]}
+    for axis, name in enumerate("zyx"):
+        local = np.rint(centroids[:, axis] * count)
+        out[f"sum_{name}"] = (local + count * float(offset[axis]))[order]
+        out[f"min_{name}"] = (boxes[:, 2 * axis] + int(offset[axis]))[order].astype(np.int64)
+        out[f"max_{name}"] = (boxes[:, 2 * axis + 1] + int(offset[axis]))[order].astype(np.int64)
+    if channels_czyx is not None and channels_czyx.shape[0]:
+        keys = inverse.reshape(-1).astype(np.intp)
+        spread = None
+        if channels_czyx.dtype.kind in "iub" and channels_czyx.dtype.itemsize <= 2:
+            # Small integers: every partial sum is an exact integer in double, so the order
+            # of the additions does not matter. Spread each label over _SPREAD bins by voxel
+            # index (neighbouring voxels, mostly of one label, no longer add into one bin
+            # back to back: bincount is bound by that dependency) and add the bins up.
+            spread = keys * _SPREAD
+            whole = spread.size - spread.size % _SPREAD
+            spread[:whole].reshape(-1, _SPREAD)[...] |= np.arange(_SPREAD, dtype=np.intp)
+            spread[whole:] |= np.arange(spread.size - whole, dtype=np.intp)
+        for c in range(channels_czyx.shape[0]):
+            values = np.ascontiguousarray(channels_czyx[c]).reshape(-1)
+            if values.dtype.kind not in "iufb" or values.dtype.itemsize > 8:
+                values = values.astype(np.float64)
+            if spread is not None:
+                sums = np.bincount(spread, weights=values, minlength=n * _SPREAD).reshape(n, _SPREAD).sum(axis=1)
+            else:
+                sums = np.bincount(keys, weights=values, minlength=n)
+            out[f"sum_c{c}"] = sums[order].astype(np.float64, copy=False)
     return pd.DataFrame(out)
 
 

@@ -8,6 +8,10 @@ Pairing (:func:`pair_puncta`)
 -----------------------------
 1. Candidate pairs: every (pre, post) pair closer than ``max_distance_um``, in
    physical coordinates (voxel index x voxel size), from a ``cKDTree``.
+   Each candidate's two neurons are the labels at its puncta or, with
+   ``partners="barcode"`` (default) and barcode work files in the run, the
+   neurons decided from the local barcodes (:mod:`graph.partners`): synapses
+   sit where segment boundaries are least sure.
 2. With ``pair_valid_only`` (default), candidates whose partners cannot make a
    synapse (either punctum on background, or both on the same neuron) are
    removed *before* matching, so such a pair cannot steal a punctum from a
@@ -28,7 +32,8 @@ Confidence
 * ``proximity = 1 - (d / max_distance_um)^2``: 1 for coincident puncta, 0 at
   the cutoff.
 * ``labelling = sqrt(certainty_pre x certainty_post)`` (geometric mean of the
-  puncta label certainties, see :func:`segment.puncta.lookup_labels`).
+  puncta label certainties, see :func:`segment.puncta.lookup_labels`), or the
+  partner certainty of :mod:`graph.partners` when the barcodes decided the pair.
 
 Output
 ------
@@ -42,6 +47,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -77,12 +83,21 @@ class SynapseConfig(StrictModel):
         Punctum score (noise units) at which the contrast factor is 0.5.
     min_confidence : float
         Synapses below this confidence are dropped (0 keeps all).
+    partners : {"barcode", "label"}
+        ``barcode`` (default): the two neurons of each candidate pair are
+        decided from the local barcodes (:mod:`graph.partners`) when the
+        segmentation left barcode work files; ``label``: the labels at the puncta.
+    partner_window_um : float
+        Neurons whose labels lie within this distance of either punctum are
+        the candidates of the barcode decision.
     """
 
     max_distance_um: float = Field(default=0.6, gt=0.0)
     pair_valid_only: bool = True
     contrast_half: float = Field(default=6.0, gt=0.0)
     min_confidence: float = Field(default=0.0, ge=0.0, le=1.0)
+    partners: Literal["barcode", "label"] = "barcode"
+    partner_window_um: float = Field(default=0.3, gt=0.0)
 
 
 def _check_puncta(frame: pd.DataFrame, name: str) -> None:
@@ -107,8 +122,8 @@ def _empty_synapses() -> pd.DataFrame:
     return frame
 
 
-def pair_puncta(pre_df: pd.DataFrame, post_df: pd.DataFrame, voxel_size, config: SynapseConfig | None = None
-                ) -> pd.DataFrame:
+def pair_puncta(pre_df: pd.DataFrame, post_df: pd.DataFrame, voxel_size, config: SynapseConfig | None = None,
+                *, partners: pd.DataFrame | None = None) -> pd.DataFrame:
     """Pair pre- and postsynaptic puncta one-to-one, nearest first, into synapses.
 
     Parameters
@@ -120,6 +135,11 @@ def pair_puncta(pre_df: pd.DataFrame, post_df: pd.DataFrame, voxel_size, config:
     voxel_size : sequence of float
         Physical voxel size (z, y, x).
     config : SynapseConfig, optional
+    partners : pandas.DataFrame, optional
+        Partners decided per candidate pair (:func:`graph.partners.barcode_partners`:
+        ``pre_index, post_index`` into the puncta tables, ``pre_neuron,
+        post_neuron, certainty``). They replace the labels at the puncta (and
+        the label certainty) for the candidate pairs they list.
 
     Returns
     -------
@@ -150,11 +170,27 @@ def pair_puncta(pre_df: pd.DataFrame, post_df: pd.DataFrame, voxel_size, config:
     ii = sparse["i"].astype(np.int64)
     jj = sparse["j"].astype(np.int64)
     dist = sparse["v"].astype(np.float64)
+    # Partners and label certainty per candidate pair: the labels at the puncta,
+    # unless a partner table decided the pair.
+    cand_pre, cand_post = pre_lab[ii], post_lab[jj]
+    certainty = np.sqrt(np.clip(_column(pre_df, "label_certainty", 1.0)[ii], 0, 1)
+                        * np.clip(_column(post_df, "label_certainty", 1.0)[jj], 0, 1))
+    if partners is not None and len(partners) and len(ii):
+        key = ii * len(post_pos) + jj
+        pkey = partners["pre_index"].to_numpy(np.int64) * len(post_pos) + partners["post_index"].to_numpy(np.int64)
+        order = np.argsort(pkey)
+        pos = np.clip(np.searchsorted(pkey[order], key), 0, len(pkey) - 1)
+        hit = pkey[order][pos] == key
+        src = order[pos[hit]]
+        cand_pre[hit] = partners["pre_neuron"].to_numpy(np.uint64)[src]
+        cand_post[hit] = partners["post_neuron"].to_numpy(np.uint64)[src]
+        certainty[hit] = np.clip(partners["certainty"].to_numpy(np.float64)[src], 0, 1)
     removed = 0
     if config.pair_valid_only and len(ii):
-        valid = (pre_lab[ii] != 0) & (post_lab[jj] != 0) & (pre_lab[ii] != post_lab[jj])
+        valid = (cand_pre != 0) & (cand_post != 0) & (cand_pre != cand_post)
         removed = int((~valid).sum())
         ii, jj, dist = ii[valid], jj[valid], dist[valid]
+        cand_pre, cand_post, certainty = cand_pre[valid], cand_post[valid], certainty[valid]
 
     # greedy one-to-one, nearest first; deterministic ties (post index, then pre index)
     order = np.lexsort((ii, jj, dist))
@@ -169,32 +205,30 @@ def pair_puncta(pre_df: pd.DataFrame, post_df: pd.DataFrame, voxel_size, config:
         chosen.append(k)
     chosen = np.asarray(chosen, dtype=np.int64)
     pi, pj, pd_ = ii[chosen], jj[chosen], dist[chosen]
+    a, b, cert = cand_pre[chosen], cand_post[chosen], certainty[chosen]
 
-    a, b = pre_lab[pi], post_lab[pj]
     background = (a == 0) | (b == 0)
     same = ~background & (a == b)
     dropped["background"] = int(background.sum())
     dropped["same_neuron"] = int(same.sum())
     keep = ~background & ~same
-    pi, pj, pd_ = pi[keep], pj[keep], pd_[keep]
+    pi, pj, pd_, a, b, cert = pi[keep], pj[keep], pd_[keep], a[keep], b[keep], cert[keep]
 
     score = np.minimum(_column(pre_df, "score", np.inf)[pi], _column(post_df, "score", np.inf)[pj])
     with np.errstate(invalid="ignore"):
         contrast = np.where(np.isinf(score), 1.0, score / (score + config.contrast_half))
     contrast = np.clip(np.nan_to_num(contrast, nan=0.0), 0.0, 1.0)
     proximity = np.clip(1.0 - (pd_ / config.max_distance_um) ** 2, 0.0, 1.0)
-    labelling = np.sqrt(np.clip(_column(pre_df, "label_certainty", 1.0)[pi], 0, 1)
-                        * np.clip(_column(post_df, "label_certainty", 1.0)[pj], 0, 1))
-    confidence = contrast * proximity * labelling
+    confidence = contrast * proximity * cert
 
     low = confidence < config.min_confidence
     dropped["low_confidence"] = int(low.sum())
-    pi, pj, confidence = pi[~low], pj[~low], confidence[~low]
+    pi, pj, a, b, confidence = pi[~low], pj[~low], a[~low], b[~low], confidence[~low]
 
     mid_um = (pre_um[pi] + post_um[pj]) / 2.0
     frame = pd.DataFrame({
-        "pre_neuron": pre_lab[pi],
-        "post_neuron": post_lab[pj],
+        "pre_neuron": a,
+        "post_neuron": b,
         "pre_z": pre_pos[pi, 0], "pre_y": pre_pos[pi, 1], "pre_x": pre_pos[pi, 2],
         "post_z": post_pos[pj, 0], "post_y": post_pos[pj, 1], "post_x": post_pos[pj, 2],
         "z_um": mid_um[:, 0], "y_um": mid_um[:, 1], "x_um": mid_um[:, 2],
@@ -233,8 +267,16 @@ def detect_synapses(volume, run_dir, *, puncta=None, synapses: SynapseConfig | N
     """
     from segment.puncta import detect_puncta_volume
 
+    synapses = synapses or SynapseConfig()
     pre, post = detect_puncta_volume(volume, Path(run_dir), puncta, grid=grid, executor=executor,
                                      device=device, noise=noise, progress=progress)
-    frame = pair_puncta(pre, post, volume.voxel_size, synapses)
+    partners = None
+    if synapses.partners == "barcode":
+        from .partners import barcode_partners
+
+        partners = barcode_partners(pre, post, run_dir, volume.voxel_size, grid=grid,
+                                    max_distance_um=synapses.max_distance_um,
+                                    window_um=synapses.partner_window_um, executor=executor, progress=progress)
+    frame = pair_puncta(pre, post, volume.voxel_size, synapses, partners=partners)
     frame.attrs.update(n_pre_puncta=len(pre), n_post_puncta=len(post))
     return frame

@@ -18,7 +18,8 @@ import scipy.ndimage
 
 from .errors import ConfigError
 
-__all__ = ["DEVICES", "array_module", "ndimage", "gpu_available", "resolve_device", "to_device", "to_host"]
+__all__ = ["DEVICES", "array_module", "ndimage", "gpu_available", "gpu_count", "resolve_device", "to_device",
+           "to_host"]
 
 log = logging.getLogger(__name__)
 
@@ -35,16 +36,21 @@ def _cupy():
         return None
 
 
-def gpu_available() -> bool:
-    """True when CuPy imports and sees at least one CUDA device."""
+def gpu_count() -> int:
+    """How many CUDA devices CuPy sees (0 without CuPy or a driver)."""
     cp = _cupy()
     if cp is None:
-        return False
+        return 0
     try:
-        return cp.cuda.runtime.getDeviceCount() > 0
+        return int(cp.cuda.runtime.getDeviceCount())
     except Exception as exc:  # CUDA raises its own error types when no driver is present
         log.debug("CuPy present but no usable GPU: %s", exc)
-        return False
+        return 0
+
+
+def gpu_available() -> bool:
+    """True when CuPy imports and sees at least one CUDA device."""
+    return gpu_count() > 0
 
 
 def resolve_device(device: str) -> str:

@@ -10,6 +10,16 @@ Ctrl-C) skips finished blocks and gets their summaries back from disk.
 
 Large arrays never travel through the scheduler: only blocks go out and
 summaries come back.
+
+GPU runs (``Executor(config, device="gpu")``): every block task asks the
+scheduler for one unit of the worker resource ``GPU``, so a worker runs as
+many blocks at once as it has GPUs. A local cluster for a GPU run is dask-cuda's
+``LocalCUDACluster`` (one worker per GPU) when dask-cuda is installed, else one
+worker holding one GPU. Workers of an existing cluster must declare the
+resource (``dask worker ADDRESS --resources GPU=1`` per GPU, or
+``dask cuda worker ADDRESS --resources GPU=1``); a cluster where none does is
+refused up front (:class:`~pipeline.errors.PipelineError`) instead of leaving
+the tasks waiting forever.
 """
 
 from __future__ import annotations
@@ -28,14 +38,18 @@ from typing import Any, Callable, Sequence
 
 from tqdm.auto import tqdm
 
+from .backend import gpu_count
 from .blocks import Block
 from .config import ComputeConfig
 from .errors import BlockError, PipelineError
 from .storage import crash_point, read_json, read_pickle, storage_error, write_json, write_pickle
 
-__all__ = ["Executor", "run_blockwise", "block_marker"]
+__all__ = ["Executor", "run_blockwise", "block_marker", "GPU_RESOURCE"]
 
 log = logging.getLogger(__name__)
+
+#: Name of the Dask worker resource a GPU block task holds one unit of.
+GPU_RESOURCE = "GPU"
 
 
 class Executor(AbstractContextManager):
@@ -43,14 +57,27 @@ class Executor(AbstractContextManager):
 
     Use as a context manager; the local cluster (if any) is closed on exit.
 
+    Parameters
+    ----------
+    config : ComputeConfig, optional
+        Scheduler, local cluster size, retries.
+    device : {"cpu", "gpu"}
+        The array backend the block tasks use, already resolved
+        (:func:`pipeline.backend.resolve_device`). ``gpu`` makes every block
+        task hold one ``GPU`` worker resource (see the module docstring);
+        ``cpu`` (the default) leaves scheduling as Dask does it.
+
     Examples
     --------
     >>> with Executor(ComputeConfig(scheduler="synchronous")) as ex:  # doctest: +SKIP
     ...     summaries = run_blockwise(step, grid, name="fragments", state_dir=d, executor=ex)
     """
 
-    def __init__(self, config: ComputeConfig | None = None):
+    def __init__(self, config: ComputeConfig | None = None, *, device: str = "cpu"):
+        if device not in ("cpu", "gpu"):
+            raise ValueError(f"Executor device must be 'cpu' or 'gpu' (resolve 'auto' first), got {device!r}")
         self.config = config or ComputeConfig()
+        self.device = device
         self.client = None
         self._cluster = None
         self.dashboard_link: str | None = None
@@ -59,10 +86,17 @@ class Executor(AbstractContextManager):
     def synchronous(self) -> bool:
         return self.config.scheduler == "synchronous"
 
+    @property
+    def task_resources(self) -> dict[str, int] | None:
+        """Worker resources each block task holds: one GPU in a GPU run, none otherwise."""
+        if self.device == "gpu" and not self.synchronous:
+            return {GPU_RESOURCE: 1}
+        return None
+
     def __enter__(self) -> "Executor":
         if self.synchronous:
             return self
-        from distributed import Client, LocalCluster
+        from distributed import Client
 
         # distributed configures its own loggers at import; keep them to warnings
         # unless the user asked for debug output.
@@ -70,22 +104,20 @@ class Executor(AbstractContextManager):
             logging.getLogger("distributed").setLevel(logging.WARNING)
         scheduler = self.config.scheduler
         if scheduler == "local":
-            n_workers = self.config.n_workers or os.cpu_count() or 1
-            self._cluster = LocalCluster(
-                n_workers=n_workers,
-                threads_per_worker=self.config.threads_per_worker,
-                dashboard_address=self.config.dashboard_address,
-                host="127.0.0.1",
-                memory_limit=self.config.memory_limit,
-                processes=True,
-                silence_logs=logging.WARNING,
-            )
+            self._cluster = local_cluster(self.config, self.device)
             self.client = Client(self._cluster)
         else:
             try:
                 self.client = Client(scheduler, timeout="10s")
             except (OSError, TimeoutError) as exc:
                 raise PipelineError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
+            if self.task_resources:
+                try:
+                    check_worker_resources(self.client, self.task_resources, scheduler)
+                except BaseException:
+                    self.client.close()
+                    self.client = None
+                    raise
         self.dashboard_link = self.client.dashboard_link
         log.info("Dask dashboard: %s", self.dashboard_link)
         return self
@@ -97,6 +129,75 @@ class Executor(AbstractContextManager):
             self._cluster.close()
         self.client = self._cluster = None
         return False
+
+
+def local_cluster(config: ComputeConfig, device: str = "cpu"):
+    """Start the local Dask cluster of a run (worker processes on this machine, loopback only).
+
+    CPU: a ``LocalCluster`` of ``config.n_workers`` workers (0: one per core).
+    GPU: dask-cuda's ``LocalCUDACluster`` when importable — one worker per GPU
+    (at most ``config.n_workers`` when set), each pinned to its device and
+    declaring ``GPU=1``; without dask-cuda a worker cannot be pinned to a
+    device, so one ``LocalCluster`` worker declares ``GPU=1`` and uses the
+    first GPU (a warning says so when there are more).
+    """
+    common = dict(threads_per_worker=config.threads_per_worker, dashboard_address=config.dashboard_address,
+                  memory_limit=config.memory_limit, silence_logs=logging.WARNING)
+    if device != "gpu":
+        from distributed import LocalCluster
+
+        return LocalCluster(n_workers=config.n_workers or os.cpu_count() or 1, host="127.0.0.1",
+                            processes=True, **common)
+    gpus = max(gpu_count(), 1)
+    n_workers = min(config.n_workers or gpus, gpus)
+    try:
+        from dask_cuda import LocalCUDACluster
+    except ImportError:
+        LocalCUDACluster = None
+    if LocalCUDACluster is not None:
+        log.info("local GPU cluster: dask-cuda LocalCUDACluster, %d worker(s), one GPU each", n_workers)
+        return LocalCUDACluster(n_workers=n_workers, host="127.0.0.1", resources={GPU_RESOURCE: 1}, **common)
+    from distributed import LocalCluster
+
+    if gpus > 1:
+        log.warning("%d GPUs visible but dask-cuda is not installed: running on one GPU "
+                    "(pip install dask-cuda to use them all)", gpus)
+    return LocalCluster(n_workers=1, host="127.0.0.1", processes=True, resources={GPU_RESOURCE: 1}, **common)
+
+
+def check_worker_resources(client, resources: dict[str, int], address: str, wait_s: float = 30.0) -> None:
+    """Make sure some worker of the cluster can run a task needing ``resources``.
+
+    A task asking for a resource that no worker has waits forever; this turns
+    that into an error. Workers that are connected but lack the resource are
+    refused at once; a cluster with no worker yet gets ``wait_s`` seconds for
+    one to connect.
+
+    Raises
+    ------
+    PipelineError
+        Naming the scheduler, the resource and how to start suitable workers.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        workers = client.scheduler_info(n_workers=-1).get("workers", {})
+        able = [addr for addr, info in workers.items()
+                if all((info.get("resources") or {}).get(k, 0) >= v for k, v in resources.items())]
+        if able:
+            log.info("%d of %d worker(s) at %s have %s", len(able), len(workers), address, resources)
+            return
+        if workers or time.monotonic() >= deadline:
+            break
+        time.sleep(0.25)
+    wanted = ", ".join(f"{k}={v}" for k, v in resources.items())
+    seen = "no worker connected" if not workers else (
+        f"its {len(workers)} worker(s) declare "
+        + "; ".join(sorted({str(info.get("resources") or {}) for info in workers.values()})))
+    raise PipelineError(
+        f"the Dask scheduler at {address} has no worker with the resource {wanted} that GPU blocks need "
+        f"({seen}); start one worker per GPU with 'dask worker {address} --resources {wanted}' "
+        "(or 'dask cuda worker ... --resources GPU=1'), or run with --device cpu"
+    )
 
 
 def block_marker(state_dir, name: str, block: Block) -> Path:
@@ -247,7 +348,8 @@ def run_blockwise(
                         log.warning("%s: %s failed (%s), retrying", name, block, exc)
                 bar.update(1)
         else:
-            _run_distributed(executor.client, step, pending, markers, name, retries, bar)
+            _run_distributed(executor.client, step, pending, markers, name, retries, bar,
+                             resources=executor.task_resources)
     finally:
         bar.close()
     log.info("%s: %d blocks in %.1f s", name, len(pending), time.perf_counter() - started)
@@ -261,8 +363,11 @@ def run_blockwise(
     return out
 
 
-def _run_distributed(client, step, pending, markers, name, retries, bar, wave: int = 4096):
-    """Submit blocks in waves so the scheduler never holds a huge graph."""
+def _run_distributed(client, step, pending, markers, name, retries, bar, wave: int = 4096, resources=None):
+    """Submit blocks in waves so the scheduler never holds a huge graph.
+
+    ``resources`` (e.g. ``{"GPU": 1}``) is what each task holds on its worker.
+    """
     from distributed import as_completed
 
     by_key = {}
@@ -276,6 +381,7 @@ def _run_distributed(client, step, pending, markers, name, retries, bar, wave: i
             step=step,
             key=[f"{name}-{b.id}" for b in batch],
             retries=retries,
+            resources=resources,
             pure=False,
         )
         by_key.update({f.key: b for f, b in zip(futures, batch)})

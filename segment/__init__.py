@@ -61,7 +61,7 @@ from .blockwise import (
 from .codebook import codebook_from_statistics, merge_code_statistics
 from .config import SegmentConfig
 
-__all__ = ["SegmentConfig", "segment_volume", "make_plan", "kernels"]
+__all__ = ["SegmentConfig", "segment_volume", "make_plan", "kernels", "NEURON_BARCODES"]
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,7 @@ def make_plan(volume: Volume, config: SegmentConfig, stats: dict) -> FragmentPla
         barcode_floor=config.barcode_floor,
         psf_sigma=config.sigma_voxels(volume.voxel_size, "psf_sigma"),
         deconvolution_iterations=config.deconvolution_iterations,
+        deconvolution_acceleration=config.deconvolution_acceleration,
         membrane_weight=config.membrane_weight,
         fill_weight=config.fill_weight,
         seed_method=config.seed_method,
@@ -121,6 +122,27 @@ def _digest(*arrays) -> str:
     for a in arrays:
         h.update(np.ascontiguousarray(a).tobytes())
     return h.hexdigest()[:16]
+
+
+#: Per-neuron mean of the normalised, deconvolved barcodes (``RUN/work``; see docs/contracts.md).
+NEURON_BARCODES = "neuron_barcodes.npz"
+
+
+def _write_neuron_barcodes(path: Path, fragments: FragmentTable, neuron_of: np.ndarray) -> None:
+    """Save ``ids`` (uint64, 1..N) and ``means`` (N x barcodes) of the final neurons' barcodes.
+
+    Later stages (synapse partners) compare local barcodes with these means;
+    they come for free from the fragments' barcode sums.
+    """
+    neuron_of = np.asarray(neuron_of, np.int64)
+    n = int(neuron_of.max(initial=0))
+    k = fragments.barcode_sums.shape[1]
+    sums = np.zeros((n + 1, k))
+    np.add.at(sums, neuron_of, fragments.barcode_sums)
+    voxels = np.bincount(neuron_of, weights=fragments.counts, minlength=n + 1)
+    means = sums[1:] / np.maximum(voxels[1:, None], 1.0)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, ids=np.arange(1, n + 1, dtype=np.uint64), means=means.astype(np.float32))
 
 
 def segment_volume(volume: Volume, run_dir, config: SegmentConfig | None = None, *, grid: BlockGrid,
@@ -250,10 +272,13 @@ def segment_volume(volume: Volume, run_dir, config: SegmentConfig | None = None,
         barcode_conflict=config.barcode_conflict,
         use_barcodes=config.use_barcodes, min_fragment_size=config.min_fragment_size,
         min_neuron_size=config.min_neuron_size, links=links,
+        min_mean_fill=config.min_mean_fill_ratio * float(stats["threshold"]),
     )
     lut_path = work / "segment_lut.npz"
     with atomic_path(lut_path) as tmp, open(tmp, "wb") as f:
         np.savez(f, keys=fragments.ids, values=neuron_of)
+    if plan.barcodes:
+        _write_neuron_barcodes(work / NEURON_BARCODES, fragments, neuron_of)
     timings["agglomerate"] = time.perf_counter() - t
 
     # Pass 4: relabel into RUN/labels.zarr/neurons.

@@ -206,7 +206,8 @@ def barcode_directions(sums: np.ndarray) -> np.ndarray:
 def agglomerate(fragments: FragmentTable, edges: EdgeTable, *, merge_threshold: float,
                 barcode_merge_weight: float = 1.0, contact_barcode_weight: float = 0.0,
                 barcode_conflict: float = 0.4, use_barcodes: bool = True, min_fragment_size: int = 0,
-                min_neuron_size: int = 0, links: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+                min_neuron_size: int = 0, min_mean_fill: float = 0.0,
+                links: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
     """Agglomerate fragments; return the neuron id of every fragment (0 = dropped) and a summary.
 
     Parameters
@@ -219,6 +220,11 @@ def agglomerate(fragments: FragmentTable, edges: EdgeTable, *, merge_threshold: 
         ``False`` ignores barcodes entirely (score = fill dip).
     min_fragment_size, min_neuron_size : int
         See the module docstring.
+    min_mean_fill : float
+        Clusters whose mean smoothed fill is below this (normalised units) are
+        the dim halo around neurites, whose barcodes are amplified noise, not
+        neurons: after all other merges each joins the neighbour it touches
+        most, or is dropped when it touches none.
     links : int array (m, 2), optional
         Index pairs (into ``fragments``) merged before the greedy pass when
         their identities agree (from :func:`proximity_links`).
@@ -368,6 +374,20 @@ def agglomerate(fragments: FragmentTable, edges: EdgeTable, *, merge_threshold: 
                 small_merges += 1
                 changed = True
 
+    # Dim clusters: halo, not neurons (see min_mean_fill).
+    dim_merges = 0
+    dim_dropped = set()
+    if min_mean_fill > 0:
+        for x in sorted(range(n), key=lambda r: (fill[r] / size[r] if size[r] else 0.0, r)):
+            if parent[x] != x or size[x] <= 0 or fill[x] / size[x] >= min_mean_fill:
+                continue
+            if adj[x]:
+                best = max(adj[x].items(), key=lambda item: (item[1][0], item[1][1] / item[1][0], -item[0]))[0]
+                merge(x, best)
+                dim_merges += 1
+            else:
+                dim_dropped.add(x)
+
     # Resolve roots.
     roots = np.array(parent, dtype=np.int64)
     while True:
@@ -380,6 +400,8 @@ def agglomerate(fragments: FragmentTable, edges: EdgeTable, *, merge_threshold: 
     np.minimum.at(first, roots, fragments.first)
     is_root = roots == np.arange(n)
     keep = is_root & (cluster_size >= max(min_neuron_size, 1))
+    if dim_dropped:
+        keep[np.fromiter(dim_dropped, np.int64)] = False
     kept = np.flatnonzero(keep)
     order = kept[np.argsort(first[kept], kind="stable")]
     neuron_of_root = np.zeros(n, dtype=np.uint64)
@@ -390,6 +412,7 @@ def agglomerate(fragments: FragmentTable, edges: EdgeTable, *, merge_threshold: 
         "n_links": linked,
         "n_refused": refused,
         "n_small_merges": small_merges,
+        "n_dim_merges": dim_merges,
         "n_dropped": int(np.count_nonzero(is_root & ~keep)),
         "n_neurons": int(len(order)),
     }

@@ -99,6 +99,7 @@ class FragmentPlan:
     barcode_floor: float
     psf_sigma: tuple[float, float, float]
     deconvolution_iterations: int
+    deconvolution_acceleration: str
     membrane_weight: float
     fill_weight: float
     seed_method: str
@@ -223,7 +224,8 @@ def block_evidence(raw, plan: FragmentPlan):
     """
     fill, barcodes, membrane = _normalised_inputs(raw, plan)
     if barcodes is not None and plan.deconvolution_iterations > 0:
-        barcodes = kernels.deconvolve(barcodes, plan.psf_sigma, plan.deconvolution_iterations)
+        barcodes = kernels.deconvolve(barcodes, plan.psf_sigma, plan.deconvolution_iterations,
+                                      acceleration=plan.deconvolution_acceleration)
     ev = kernels.compute_evidence(
         fill, barcodes, membrane, sigma=plan.sigma, barcode_sigma=plan.barcode_sigma,
         threshold=plan.threshold, barcode_weight=plan.barcode_weight, barcode_floor=plan.barcode_floor,
@@ -319,7 +321,7 @@ def fragments_step(block: Block, *, plan: FragmentPlan, evidence_path: str, barc
         ``bbox_lo`` / ``bbox_hi`` (int64 (n, 3): global bounding box, max exclusive).
     """
     import cc3d
-    import scipy.ndimage
+    import fastremap
 
     ev, bc = _stored_evidence(block, plan, evidence_path, barcodes_path, device)
     inner = block.write_in_read
@@ -351,34 +353,47 @@ def fragments_step(block: Block, *, plan: FragmentPlan, evidence_path: str, barc
     if n >= 2**BLOCK_SHIFT:
         raise RuntimeError(f"{block}: {n} fragments do not fit in {BLOCK_SHIFT} bits")
 
+    local = np.ascontiguousarray(local)
     flat = local.ravel()
-    uniq, first_local, counts = np.unique(flat, return_index=True, return_counts=True)
+    # fastremap.unique on the 1-D raster: sorted labels, first raster index, counts (no sort)
+    uniq, first_local, counts = fastremap.unique(flat, return_index=True, return_counts=True)
     keep = uniq > 0
-    uniq, first_local, counts = uniq[keep], first_local[keep], counts[keep]
+    uniq, first_local, counts = uniq[keep], first_local[keep].astype(np.int64), counts[keep]
     # Local raster order equals global raster order inside one block.
     coords = np.unravel_index(first_local, local.shape)
     first = np.ravel_multi_index(tuple(c + o for c, o in zip(coords, block.write_offset)), tuple(shape))
 
     fill_w = np.clip(to_host(ev.fill[inner]), 0.0, 1.0)
-    fill_sums = np.bincount(flat, weights=fill_w.ravel(), minlength=n + 1)[uniq]
+    keys = flat.astype(np.intp)          # bincount would convert the uint32 labels once per call
+    fill_sums = np.bincount(keys, weights=fill_w.ravel(), minlength=n + 1)[uniq]
     if bc is not None:
         bc_w = to_host(bc[(slice(None),) + inner])
-        bc_sums = np.stack([np.bincount(flat, weights=bc_w[k].ravel(), minlength=n + 1)[uniq]
+        bc_sums = np.stack([np.bincount(keys, weights=bc_w[k].ravel(), minlength=n + 1)[uniq]
                             for k in range(bc_w.shape[0])], axis=1)
     else:
         bc_sums = np.zeros((len(uniq), 0))
-    boxes = scipy.ndimage.find_objects(local)
+    del keys
     offset = np.asarray(block.write_offset, np.int64)
-    bbox_lo = np.asarray([[s.start for s in boxes[i - 1]] for i in uniq], np.int64).reshape(-1, 3) + offset
-    bbox_hi = np.asarray([[s.stop for s in boxes[i - 1]] for i in uniq], np.int64).reshape(-1, 3) + offset
+    if n < flat.size:
+        # bounding boxes in one C++ pass: (min, max inclusive) per axis, indexed by label
+        # (cc3d.statistics needs labels below the voxel count)
+        boxes = np.asarray(cc3d.statistics(local, no_slice_conversion=True)["bounding_boxes"], np.int64)
+        boxes = boxes.reshape(-1, 6)[uniq.astype(np.intp)]
+        bbox_lo = boxes[:, 0::2].reshape(-1, 3) + offset
+        bbox_hi = boxes[:, 1::2].reshape(-1, 3) + 1 + offset
+    else:                                # tiny block, every voxel its own fragment
+        import scipy.ndimage
+
+        found = scipy.ndimage.find_objects(local)
+        bbox_lo = np.asarray([[s.start for s in found[i - 1]] for i in uniq], np.int64).reshape(-1, 3) + offset
+        bbox_hi = np.asarray([[s.stop for s in found[i - 1]] for i in uniq], np.int64).reshape(-1, 3) + offset
     if identity_map is not None:
         identity = identity_map.ravel()[first_local].astype(np.int64)
     else:
         identity = np.zeros(len(uniq), np.int64)
 
-    ids = np.zeros(local.shape, np.uint64)
-    fg = local > 0
-    ids[fg] = (np.uint64(block.id) << np.uint64(BLOCK_SHIFT)) | local[fg].astype(np.uint64)
+    ids = local.astype(np.uint64)
+    np.bitwise_or(ids, np.uint64(block.id) << np.uint64(BLOCK_SHIFT), out=ids, where=local > 0)
     zarr.open_array(fragments_path, mode="r+")[block.write] = ids
     return {
         "ids": (np.uint64(block.id) << np.uint64(BLOCK_SHIFT)) | uniq.astype(np.uint64),
@@ -411,27 +426,45 @@ def contact_edges(labels: np.ndarray, features: np.ndarray, margins: Sequence[in
         value of the two voxels, in [0, 1] units).
     """
     m = features.shape[0]
+    empty = {"a": np.zeros(0, np.uint64), "b": np.zeros(0, np.uint64),
+             "contact": np.zeros(0, np.int64), "sums": np.zeros((0, m))}
+    labels = np.ascontiguousarray(labels)
+    shape = labels.shape
+    if labels.size == 0:
+        return empty
+    flat = labels.reshape(-1)
+    fflat = np.ascontiguousarray(features).reshape(m, -1)
+    strides = (shape[1] * shape[2], shape[2], 1)
     a_parts, b_parts, v_parts = [], [], []
     for axis in range(3):
-        sub = tuple(slice(None) if ax == axis else slice(margins[ax], None) for ax in range(3))
-        lab, feat = labels[sub], features[(slice(None),) + sub]
-        if lab.shape[axis] < 2:
+        step = strides[axis]
+        if shape[axis] < 2 or any(shape[ax] <= margins[ax] for ax in range(3) if ax != axis):
             continue
-        lo = tuple(slice(0, -1) if ax == axis else slice(None) for ax in range(3))
-        hi = tuple(slice(1, None) if ax == axis else slice(None) for ax in range(3))
-        la, lb = lab[lo], lab[hi]
-        sel = (la != lb) & (la != 0) & (lb != 0)
-        if not sel.any():
+        # Voxel pairs (i, i + step) as two contiguous 1-D views of the raster: candidates
+        # first (different, both non-zero: few), then only the candidates are checked for
+        # being a real neighbour pair (not wrapped around a row or plane) whose upper voxel
+        # is in the write region (not in the low margin of another axis).
+        lo, hi = flat[:-step], flat[step:]
+        cand = lo != hi
+        cand &= np.minimum(lo, hi) != 0
+        idx = np.flatnonzero(cand)
+        if not len(idx):
             continue
-        x, y = la[sel], lb[sel]
+        coords = np.unravel_index(idx, shape)
+        ok = coords[axis] < shape[axis] - 1
+        for ax in range(3):
+            if ax != axis and margins[ax]:
+                ok &= coords[ax] >= margins[ax]
+        idx = idx[ok]
+        if not len(idx):
+            continue
+        x, y = lo[idx], hi[idx]
         a_parts.append(np.minimum(x, y))
         b_parts.append(np.maximum(x, y))
-        flo, fhi = feat[(slice(None),) + lo], feat[(slice(None),) + hi]
-        v_parts.append(np.stack([(flo[i][sel].astype(np.float64) + fhi[i][sel]) / (2.0 * EVIDENCE_SCALE)
+        v_parts.append(np.stack([(fflat[i][idx].astype(np.float64) + fflat[i][idx + step]) / (2.0 * EVIDENCE_SCALE)
                                  for i in range(m)], axis=1))
     if not a_parts:
-        return {"a": np.zeros(0, np.uint64), "b": np.zeros(0, np.uint64),
-                "contact": np.zeros(0, np.int64), "sums": np.zeros((0, m))}
+        return empty
     a = np.concatenate(a_parts)
     b = np.concatenate(b_parts)
     v = np.concatenate(v_parts)

@@ -43,6 +43,7 @@ from typing import Sequence
 import numpy as np
 
 from pipeline import array_module, ndimage, to_host
+from pipeline.filters import gaussian
 
 __all__ = [
     "TRUNCATE",
@@ -131,8 +132,12 @@ def normalize(data, lo, hi, *, clip_max: float = 4.0):
 
 
 def smooth(x, sigma: Sequence[float]):
-    """Gaussian smoothing of a (z, y, x) array, or of each channel of a (c, z, y, x) one."""
-    ndi = ndimage(x)
+    """Gaussian smoothing of a (z, y, x) array, or of each channel of a (c, z, y, x) one.
+
+    :func:`pipeline.filters.gaussian` (OpenCV on the CPU, cupyx on the GPU),
+    equal to ``scipy.ndimage.gaussian_filter(mode="reflect", truncate=TRUNCATE)``
+    up to float32 rounding.
+    """
     sigma = tuple(float(s) for s in sigma)
     if x.ndim == 4:
         sigma = (0.0,) + sigma
@@ -140,16 +145,25 @@ def smooth(x, sigma: Sequence[float]):
         raise ValueError(f"smooth: array of shape {x.shape} does not match sigma {sigma}")
     if not any(sigma):
         return x.astype(array_module(x).float32, copy=True)
-    return ndi.gaussian_filter(x.astype(array_module(x).float32, copy=False), sigma, mode="reflect", truncate=TRUNCATE)
+    return gaussian(x.astype(array_module(x).float32, copy=False), sigma, mode="reflect", truncate=TRUNCATE)
 
 
-def deconvolve(x, psf_sigma: Sequence[float], iterations: int, *, eps: float = 1e-3):
+def deconvolve(x, psf_sigma: Sequence[float], iterations: int, *, acceleration: str = "nesterov",
+               eps: float = 1e-3):
     """Richardson-Lucy deconvolution of each channel of ``x`` (c, z, y, x) with a Gaussian PSF.
 
     Undoes part of the optical blur that mixes the barcodes of neighbouring
     neurites (most of all along z). Values are clipped to ``>= eps`` first.
     Not exactly local: a block's halo makes it approximately, not exactly,
     equal to the whole-volume result.
+
+    With ``acceleration="nesterov"`` every iteration starts from the
+    extrapolated point ``e + (i - 1) / (i + 2) * (e - e_previous)`` (clipped
+    to ``>= eps``): a fixed momentum schedule, so the result depends on the
+    voxel's neighbourhood only, never on block-wide statistics (unlike
+    Biggs-Andrews' adaptive step). On the bundled sample, 20 accelerated
+    iterations separate the codes better than 60 plain ones (see
+    BENCHMARKS.md), at a third of the cost.
 
     Parameters
     ----------
@@ -159,20 +173,38 @@ def deconvolve(x, psf_sigma: Sequence[float], iterations: int, *, eps: float = 1
         Standard deviation of the PSF in voxels.
     iterations : int
         0 returns ``x`` unchanged.
+    acceleration : {"nesterov", "none"}
+        Momentum schedule of the iterations; ``"none"`` is plain Richardson-Lucy.
+    eps : float
+        Floor of the estimate and of the re-blurred estimate (avoids division by zero).
     """
+    if acceleration not in ("nesterov", "none"):
+        raise ValueError(f"deconvolve: acceleration must be 'nesterov' or 'none', got {acceleration!r}")
     if iterations <= 0 or x.shape[0] == 0:
         return x
     xp = array_module(x)
-    ndi = ndimage(x)
     sigma = tuple(float(s) for s in psf_sigma)
-    obs = xp.maximum(x.astype(xp.float32, copy=False), np.float32(eps))
+    floor = np.float32(eps)
+
+    def blur(a):
+        return gaussian(a, sigma, truncate=PSF_TRUNCATE, mode="reflect")
+
+    obs = xp.maximum(x.astype(xp.float32, copy=False), floor)
     est = obs.copy()
     for c in range(obs.shape[0]):
         o, e = obs[c], est[c]
-        for _ in range(int(iterations)):
-            conv = ndi.gaussian_filter(e, sigma, mode="reflect", truncate=PSF_TRUNCATE)
-            xp.maximum(conv, np.float32(eps), out=conv)
-            e *= ndi.gaussian_filter(o / conv, sigma, mode="reflect", truncate=PSF_TRUNCATE)
+        previous = None
+        for i in range(int(iterations)):
+            if acceleration == "nesterov" and previous is not None:
+                momentum = np.float32((i - 1) / (i + 2))
+                start = e + momentum * (e - previous)
+                xp.maximum(start, floor, out=start)
+            else:
+                start = e
+            conv = blur(start)
+            xp.maximum(conv, floor, out=conv)
+            previous, e = e, start * blur(o / conv)
+        est[c] = e
     return est
 
 
@@ -202,21 +234,25 @@ def barcode_discontinuity(barcodes, floor: float = 0.1):
     norm = xp.sqrt((b * b).sum(axis=0) + np.float32(floor) ** 2)
     u = b / norm[None]
     acc = xp.zeros(b.shape[1:], dtype=xp.float32)
+    d = xp.empty_like(u)                 # one buffer for every axis: no padded copies of u
     for axis in (1, 2, 3):
         n = u.shape[axis]
         if n < 2:
             continue
-        # central differences with edge padding: d[i] = u[i+1] - u[i-1] (one-sided at the ends)
-        pad = [(0, 0)] * 4
-        pad[axis] = (1, 1)
-        up = xp.pad(u, pad, mode="edge")
-        hi = [slice(None)] * 4
-        lo = [slice(None)] * 4
-        hi[axis] = slice(2, None)
-        lo[axis] = slice(0, n)
-        d = up[tuple(hi)] - up[tuple(lo)]
-        acc += (d * d).sum(axis=0)
-        del up, d
+
+        def at(start, stop, axis=axis):
+            index = [slice(None)] * 4
+            index[axis] = slice(start, stop)
+            return tuple(index)
+
+        # central differences, one-sided at the ends (as with edge padding):
+        # d[i] = u[i+1] - u[i-1], d[0] = u[1] - u[0], d[n-1] = u[n-1] - u[n-2]
+        xp.subtract(u[at(2, n)], u[at(0, n - 2)], out=d[at(1, n - 1)])
+        xp.subtract(u[at(1, 2)], u[at(0, 1)], out=d[at(0, 1)])
+        xp.subtract(u[at(n - 1, n)], u[at(n - 2, n - 1)], out=d[at(n - 1, n)])
+        xp.multiply(d, d, out=d)
+        acc += d.sum(axis=0)
+    del d
     out = xp.sqrt(acc) * np.float32(0.5)
     return xp.clip(out, 0.0, 1.0, out=out)
 

@@ -50,10 +50,11 @@ import numpy as np
 import pandas as pd
 from pydantic import Field, field_validator
 
-from pipeline.backend import array_module, ndimage, resolve_device, to_device, to_host
+from pipeline.backend import array_module, resolve_device, to_device, to_host
 from pipeline.blocks import Block, BlockGrid
 from pipeline.config import StrictModel
 from pipeline.errors import InputError
+from pipeline.filters import gaussian, maximum
 from pipeline.runner import Executor, run_blockwise
 from pipeline.volume import Volume, open_label_image
 
@@ -159,21 +160,23 @@ def dog_response(image_zyx, config: PunctaConfig):
     -------
     ndarray of float32, same shape and array kind.
     """
-    xp, ndi = array_module(image_zyx), ndimage(image_zyx)
+    xp = array_module(image_zyx)
     if image_zyx.ndim != 3:
         raise InputError(f"puncta detection needs a 3-D (z, y, x) image, got shape {image_zyx.shape}")
     img = image_zyx.astype(xp.float32, copy=False)
     sigma = tuple(float(s) for s in config.sigma)
+    # pipeline.filters.gaussian: scipy's gaussian_filter (mode "reflect") to float32 rounding, on OpenCV/cupyx
     if config.method == "dog":
-        inner = ndi.gaussian_filter(img, sigma, truncate=config.truncate)
-        outer = ndi.gaussian_filter(img, tuple(s * config.dog_ratio for s in sigma), truncate=config.truncate)
-        return (inner - outer).astype(xp.float32, copy=False)
+        inner = gaussian(img, sigma, truncate=config.truncate)
+        outer = gaussian(img, tuple(s * config.dog_ratio for s in sigma), truncate=config.truncate)
+        inner -= outer
+        return inner.astype(xp.float32, copy=False)
     # Scale-normalised -LoG: sum over axes of -sigma_a^2 * d2/da2 G.
     response = xp.zeros_like(img)
     for axis in range(3):
         order = [0, 0, 0]
         order[axis] = 2
-        response -= sigma[axis] ** 2 * ndi.gaussian_filter(img, sigma, order=order, truncate=config.truncate)
+        response -= sigma[axis] ** 2 * gaussian(img, sigma, order=order, truncate=config.truncate)
     return response
 
 
@@ -288,10 +291,10 @@ def detect_puncta(image_zyx, config: PunctaConfig, noise: float) -> pd.DataFrame
     """
     if not (isinstance(noise, (int, float, np.floating)) and math.isfinite(noise) and noise > 0):
         raise InputError(f"noise must be a positive finite number, got {noise!r}")
-    xp, ndi = array_module(image_zyx), ndimage(image_zyx)
+    xp = array_module(image_zyx)
     response = dog_response(image_zyx, config)
     size = tuple(2 * d + 1 for d in config.min_distance)
-    local_max = ndi.maximum_filter(response, size=size, mode="nearest")
+    local_max = maximum(response, size, mode="nearest")
     is_peak = (response >= local_max) & (response > config.threshold * float(noise))
     peaks = np.stack([to_host(a) for a in xp.nonzero(is_peak)], axis=1).astype(np.int64).reshape(-1, 3)
     if len(peaks):

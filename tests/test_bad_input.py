@@ -418,3 +418,134 @@ def test_parser_never_crashes_on_garbage_yaml(tmp_path, text):
         load_workflow(path)
     except ConfigError as exc:
         assert str(path) in str(exc)
+
+
+# -- paths that would write outside the run directory (workflows.spec.check_write_paths) -----
+
+def _canary(folder: Path) -> Path:
+    """A folder outside the run holding one file that must survive the refused run."""
+    folder.mkdir(parents=True)
+    (folder / "keep.txt").write_text("precious")
+    return folder
+
+
+def _ingest_workflow(tmp_path, sample, out, overwrite=True) -> Path:
+    channels = sample.parent / "raw" / "channels.yaml"
+    path = tmp_path / "wf.yaml"
+    path.write_text(f"input: {{ingest: {{channels: '{channels}', out: '{out}', overwrite: {str(overwrite).lower()}}}}}\n"
+                    f"output: {tmp_path / 'run'}\n"
+                    "compute: {scheduler: synchronous, device: cpu, block_shape: [16, 48, 48]}\n")
+    return path
+
+
+@pytest.mark.parametrize("how", ["dotdot", "absolute", "symlink"])
+def test_ingest_overwrite_outside_the_run_directory(sample, tmp_path, capsys, how):
+    """``input.ingest.overwrite: true`` would delete what is at ``out``: only allowed inside the run directory."""
+    victim = _canary(tmp_path / "elsewhere" / "v.zarr")
+    run = tmp_path / "run"
+    if how == "dotdot":
+        out = f"{run}/../elsewhere/v.zarr"          # lexically under run/, resolves beside it
+    elif how == "absolute":
+        out = str(victim)
+    else:
+        run.mkdir()
+        (run / "data").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+        out = f"{run}/data/v.zarr"                  # a link inside the run that leads out of it
+    _expect(_ingest_workflow(tmp_path, sample, out), ConfigError, "input.ingest.out", out, str(victim),
+            "outside the run directory", capsys=capsys)
+    assert (victim / "keep.txt").read_text() == "precious"
+    _not_done(run)
+    assert not (run / "run.json").exists()
+
+
+def test_ingest_output_may_not_be_the_run_directory_or_contain_it(sample, tmp_path, capsys):
+    run = tmp_path / "run"
+    _expect(_ingest_workflow(tmp_path, sample, run, overwrite=False), ConfigError, "input.ingest.out", str(run),
+            "is the run directory", capsys=capsys)
+    _expect(_ingest_workflow(tmp_path, sample, tmp_path, overwrite=False), ConfigError, "input.ingest.out",
+            "contains the run directory", capsys=capsys)
+    _expect(_ingest_workflow(tmp_path, sample, run / "work", overwrite=True), ConfigError, "input.ingest.out",
+            "'work'", capsys=capsys)
+    assert not run.exists()
+
+
+@pytest.mark.parametrize("entry", ["work", "labels.zarr", "neurons.parquet", "run.lock"])
+def test_run_entry_that_is_a_symlink_out_of_the_run_directory(sample, tmp_path, capsys, entry):
+    """A run writes its own entries; one that is a symbolic link leading outside is refused before any block."""
+    outside = _canary(tmp_path / "outside")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / entry).symlink_to(outside, target_is_directory=True)
+    _expect(_workflow(tmp_path, sample), ConfigError, "output:", str(run / entry), str(outside),
+            "outside the run directory", capsys=capsys)
+    assert sorted(p.name for p in outside.iterdir()) == ["keep.txt"]
+    assert sorted(p.name for p in run.iterdir()) == [entry]
+
+
+def test_symlink_one_level_down_out_of_the_run_directory(sample, tmp_path, capsys):
+    outside = _canary(tmp_path / "outside")
+    run = tmp_path / "run"
+    (run / "work").mkdir(parents=True)
+    (run / "work" / "fragments").symlink_to(outside, target_is_directory=True)
+    _expect(_workflow(tmp_path, sample), ConfigError, str(run / "work" / "fragments"), str(outside), capsys=capsys)
+    assert sorted(p.name for p in outside.iterdir()) == ["keep.txt"]
+
+
+def test_symlink_that_stays_inside_the_run_directory_is_fine(sample, tmp_path):
+    run = tmp_path / "run"
+    (run / "scratch").mkdir(parents=True)
+    (run / "work").symlink_to(run / "scratch", target_is_directory=True)
+    assert main(["-q", "run", str(_workflow(tmp_path, sample))]) == 0
+    assert (run / "scratch" / "blocks").is_dir()
+
+
+@pytest.mark.parametrize("how", ["dotdot", "absolute", "symlink"])
+def test_sample_path_over_an_existing_folder(tmp_path, capsys, how):
+    """The sample is generated where nothing is; an existing folder (any spelling) is never replaced."""
+    victim = _canary(tmp_path / "home" / "data")
+    run = tmp_path / "run"
+    if how == "dotdot":
+        given = f"{run}/../home/data"
+    elif how == "absolute":
+        given = str(victim)
+    else:
+        (tmp_path / "link").symlink_to(victim, target_is_directory=True)
+        given = str(tmp_path / "link")
+    path = tmp_path / "wf.yaml"
+    path.write_text(f"input: {{sample: {{path: '{given}'}}}}\noutput: {run}\n"
+                    "compute: {scheduler: synchronous, device: cpu}\n")
+    _expect(path, ConfigError, "input.sample.path", given, str(victim), "not a generated sample", capsys=capsys)
+    assert sorted(p.name for p in victim.iterdir()) == ["keep.txt"]
+    assert not run.exists()
+
+
+def test_cli_output_override_is_checked_too(sample, tmp_path, capsys):
+    """``--output`` replaces the YAML's run directory; the rules apply to the run directory it names."""
+    outside = _canary(tmp_path / "outside")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "work").symlink_to(outside, target_is_directory=True)
+    capsys.readouterr()
+    assert main(["-q", "run", str(_workflow(tmp_path, sample)), "--output", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and str(other / "work") in err and str(outside) in err, err
+    assert sorted(p.name for p in outside.iterdir()) == ["keep.txt"]
+
+
+@pytest.mark.parametrize("target", [".", "..", "work", "neurons.parquet", "labels.zarr/neurons"])
+def test_export_never_replaces_the_run_it_reads(tmp_path, capsys, target):
+    from graph.export import ExportError, ExportPathError, export
+
+    run = tmp_path / "runs" / "r"
+    (run / "labels.zarr").mkdir(parents=True)
+    (run / "run.json").write_text("{}")
+    output = run / target
+    with pytest.raises(ExportPathError) as info:
+        export(run, "graphml", output, overwrite=True)
+    assert isinstance(info.value, ExportError) and isinstance(info.value, ConfigError)
+    assert str(output) in str(info.value)
+    capsys.readouterr()
+    assert main(["export", str(run), "--format", "graphml", "--output", str(output), "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and str(output) in err, err
+    assert (run / "run.json").read_text() == "{}" and (run / "labels.zarr").is_dir()

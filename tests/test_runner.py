@@ -116,3 +116,123 @@ def test_distributed_cluster_gives_the_same_result(tmp_path, arrays):
             run_blockwise(_always_fails, grid, name="broken", state_dir=tmp_path / "s", executor=ex, progress=False)
     np.testing.assert_array_equal(zarr.open_array(target)[:], data * 2)
     assert [s["id"] for s in summaries] == list(range(len(grid)))
+
+
+# -- GPU blocks and worker resources (no GPU needed: the scheduling is what is tested) ----------
+
+def _worker_name(block, pause=0.05):
+    """A step that reports which Dask worker ran it."""
+    import time
+
+    from distributed import get_worker
+
+    time.sleep(pause)
+    return get_worker().name
+
+
+def _spec_cluster(**workers):
+    """In-process scheduler and workers; ``workers`` maps a worker name to its declared resources."""
+    from distributed import Scheduler, SpecCluster, Worker
+
+    return SpecCluster(
+        scheduler={"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": ":0"}},
+        workers={name: {"cls": Worker, "options": {"nthreads": 1, "host": "127.0.0.1", "resources": res}}
+                 for name, res in workers.items()},
+        silence_logs=40,
+    )
+
+
+def test_gpu_runs_hold_one_gpu_resource_per_task():
+    local = ComputeConfig(scheduler="local")
+    assert Executor(local, device="gpu").task_resources == {"GPU": 1}
+    assert Executor(local, device="cpu").task_resources is None
+    assert Executor(local).task_resources is None  # CPU unless asked
+    assert Executor(ComputeConfig(scheduler="synchronous"), device="gpu").task_resources is None
+    with pytest.raises(ValueError, match="resolve 'auto' first"):
+        Executor(local, device="auto")
+
+
+def test_gpu_blocks_go_only_to_workers_with_a_gpu(tmp_path):
+    """Two workers, one declaring GPU=1: a GPU run puts every block on it; a CPU run uses both."""
+    pytest.importorskip("distributed")
+    grid = BlockGrid((12, 20, 20), (4, 10, 10))
+    with _spec_cluster(gpu={"GPU": 1}, cpu={}) as cluster:
+        address = cluster.scheduler_address
+        with Executor(ComputeConfig(scheduler=address, retries=0), device="gpu") as ex:
+            on_gpu = run_blockwise(_worker_name, grid, name="gpu", state_dir=tmp_path, executor=ex, progress=False)
+        with Executor(ComputeConfig(scheduler=address, retries=0), device="cpu") as ex:
+            on_any = run_blockwise(_worker_name, grid, name="cpu", state_dir=tmp_path, executor=ex, progress=False)
+    assert len(on_gpu) == len(grid) == 12
+    assert set(on_gpu) == {"gpu"}
+    assert set(on_any) == {"gpu", "cpu"}, "the CPU run should spread over both workers"
+
+
+def test_cluster_without_gpu_workers_is_refused_not_left_waiting(tmp_path):
+    import time
+
+    from pipeline import PipelineError
+
+    with _spec_cluster(a={}, b={"FPGA": 2}) as cluster:
+        address = cluster.scheduler_address
+        started = time.monotonic()
+        with pytest.raises(PipelineError) as info:
+            with Executor(ComputeConfig(scheduler=address), device="gpu"):
+                pass
+        assert time.monotonic() - started < 15
+        # A CPU run on the same cluster is unaffected.
+        with Executor(ComputeConfig(scheduler=address, retries=0), device="cpu") as ex:
+            assert run_blockwise(_worker_name, BlockGrid((4, 10, 10), (4, 10, 10)), name="cpu", state_dir=tmp_path,
+                                 executor=ex, progress=False) in (["a"], ["b"])
+    message = str(info.value)
+    assert type(info.value) is PipelineError
+    for words in (address, "GPU=1", f"dask worker {address} --resources GPU=1", "2 worker(s)", "FPGA",
+                  "--device cpu"):
+        assert words in message, f"{words!r} not in: {message}"
+
+
+def test_scheduler_with_no_workers_gets_a_bounded_wait():
+    from distributed import Client
+
+    from pipeline import PipelineError
+    from pipeline.runner import check_worker_resources
+
+    with _spec_cluster() as cluster, Client(cluster.scheduler_address, timeout="10s") as client:
+        with pytest.raises(PipelineError, match="no worker connected"):
+            check_worker_resources(client, {"GPU": 1}, cluster.scheduler_address, wait_s=0.5)
+
+
+class _FakeCUDACluster:
+    made = []
+
+    def __init__(self, **kwargs):
+        self.kwargs = kwargs
+        _FakeCUDACluster.made.append(self)
+
+
+def test_local_gpu_cluster_uses_dask_cuda_when_installed(monkeypatch):
+    import sys
+    import types
+
+    import pipeline.runner as runner
+
+    monkeypatch.setitem(sys.modules, "dask_cuda", types.SimpleNamespace(LocalCUDACluster=_FakeCUDACluster))
+    monkeypatch.setattr(runner, "gpu_count", lambda: 4)
+    cluster = runner.local_cluster(ComputeConfig(), "gpu")
+    assert isinstance(cluster, _FakeCUDACluster)
+    assert cluster.kwargs["n_workers"] == 4 and cluster.kwargs["resources"] == {"GPU": 1}
+    assert cluster.kwargs["host"] == "127.0.0.1"
+    assert runner.local_cluster(ComputeConfig(n_workers=2), "gpu").kwargs["n_workers"] == 2
+    assert runner.local_cluster(ComputeConfig(n_workers=9), "gpu").kwargs["n_workers"] == 4
+
+
+def test_local_gpu_cluster_without_dask_cuda_declares_the_gpu(monkeypatch):
+    import sys
+
+    import pipeline.runner as runner
+
+    monkeypatch.setitem(sys.modules, "dask_cuda", None)  # import dask_cuda -> ImportError
+    monkeypatch.setattr(runner, "gpu_count", lambda: 1)
+    with runner.local_cluster(ComputeConfig(dashboard_address="127.0.0.1:0"), "gpu") as cluster:
+        workers = cluster.scheduler_info["workers"]
+        assert [w["resources"] for w in workers.values()] == [{"GPU": 1}]
+        assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")

@@ -23,7 +23,11 @@ Reliability rules (tested in ``tests/test_reliability_*.py``):
   ``format_version`` other than :data:`FORMAT_VERSION`) is refused, never mixed;
 - every table and metadata file is written atomically (temporary name, fsync, rename);
 - an unwritable output (read-only, not a folder, disk full) is a one-line
-  :class:`~pipeline.errors.PipelineError` naming the path.
+  :class:`~pipeline.errors.PipelineError` naming the path;
+- a workflow writes only inside its run directory, plus the folders its input
+  step creates (:func:`workflows.spec.check_write_paths`, checked before
+  anything is created): a path that escapes is a :class:`~pipeline.errors.ConfigError`
+  naming the key.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from graph import Connectome
 from graph.connectome import FORMAT_VERSION
 from graph.annotate import annotate_neurons
 from graph.measure import measure_neurons
+from graph.partners import barcode_partners
 from graph.synapses import pair_puncta
 from ingest import ingest
 from pipeline import BlockGrid, ConfigError, Executor, InputError, PipelineError, Volume, resolve_device
@@ -53,7 +58,7 @@ from segment.puncta import detect_puncta_volume
 
 from .evaluate import evaluate_run
 from .report import REPORT_FILE, write_report
-from .spec import WorkflowConfig
+from .spec import WorkflowConfig, check_write_paths
 
 __all__ = ["FORMAT_VERSION", "run_workflow", "prepare_input"]
 
@@ -117,7 +122,7 @@ def _grid(volume: Volume, config: WorkflowConfig) -> BlockGrid:
 
 # Blockwise steps that read the neuron labels: their done-markers are only valid
 # for the labels they were computed from.
-_LABEL_CONSUMERS = ("puncta_pre", "puncta_post", "measure")
+_LABEL_CONSUMERS = ("puncta_pre", "puncta_post", "measure", "blocks/synapse_partners")
 
 
 def _invalidate_label_consumers(run_dir: Path) -> None:
@@ -157,6 +162,7 @@ def run_workflow(config: WorkflowConfig, *, progress: bool = True) -> Path:
         Show progress bars.
     """
     run_dir = Path(config.output)
+    check_write_paths(config)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
@@ -236,7 +242,7 @@ def _run_locked(config: WorkflowConfig, run_dir: Path, progress: bool) -> Path:
         "n_blocks": len(grid),
     })
     work = run_dir / "work"
-    with Executor(config.compute) as executor:
+    with Executor(config.compute, device=device) as executor:
         record["dashboard"] = executor.dashboard_link
         with timer.step("segment"):
             seg_summary = segment_volume(volume, run_dir, config.segment, grid=grid, executor=executor, device=device)
@@ -246,8 +252,13 @@ def _run_locked(config: WorkflowConfig, run_dir: Path, progress: bool) -> Path:
             pre, post = detect_puncta_volume(volume, run_dir, config.puncta, grid=grid, executor=executor, device=device)
         with timer.step("measure"):
             neurons = measure_neurons(volume, labels, grid=grid, executor=executor, state_dir=work)
-    with timer.step("synapses"):
-        synapses = pair_puncta(pre, post, volume.voxel_size, config.synapses)
+        with timer.step("synapses"):
+            partners = None
+            if config.synapses.partners == "barcode":
+                partners = barcode_partners(pre, post, run_dir, volume.voxel_size, grid=grid,
+                                            max_distance_um=config.synapses.max_distance_um,
+                                            window_um=config.synapses.partner_window_um, executor=executor)
+            synapses = pair_puncta(pre, post, volume.voxel_size, config.synapses, partners=partners)
     with timer.step("annotate"):
         neurons = annotate_neurons(neurons, volume, barcodes=config.barcodes, cell_types=config.cell_types,
                                    background=neurons.attrs.get("background"))

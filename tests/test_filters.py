@@ -1,0 +1,251 @@
+"""pipeline.filters against scipy.ndimage: same kernel, same borders, same numbers."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import scipy.ndimage as ndi
+
+from pipeline import filters
+from pipeline.filters import gaussian, gaussian_kernel1d, maximum
+
+RTOL = 1e-5
+
+
+def _close(got, want, rtol=RTOL):
+    """float32 agreement relative to the data's scale (values near 0 compare absolutely)."""
+    assert got.shape == want.shape
+    scale = max(float(np.abs(want).max()), 1e-30)
+    err = float(np.abs(got.astype(np.float64) - want.astype(np.float64)).max()) if got.size else 0.0
+    assert err <= rtol * scale, f"max error {err:.3g} > {rtol:g} x {scale:.3g}"
+
+
+def _data(shape, seed=0, dtype=np.float32):
+    return np.random.default_rng(seed).random(shape).astype(dtype)
+
+
+def test_opencv_is_used():
+    assert filters.opencv_available()
+
+
+@pytest.mark.parametrize("order", [0, 1, 2, 3])
+@pytest.mark.parametrize("sigma", [0.3, 1.0, 2.5])
+def test_kernel_matches_scipy(sigma, order):
+    from scipy.ndimage._filters import _gaussian_kernel1d
+
+    radius = int(4.0 * sigma + 0.5)
+    np.testing.assert_allclose(gaussian_kernel1d(sigma, order), _gaussian_kernel1d(sigma, order, radius)[::-1],
+                               rtol=1e-12, atol=1e-15)
+
+
+SHAPES = [(16, 40, 48), (1, 32, 32), (8, 1, 20), (8, 20, 1), (1, 1, 1), (3, 5, 7), (2, 3, 2), (33, 17, 65),
+          (5, 130, 9)]
+SIGMAS = [(1.0, 2.0, 2.0), (0.0, 1.5, 1.5), (2.0, 0.0, 0.0), (0.5, 0.8, 0.8), (0.0, 0.0, 3.0), (3.0, 3.0, 3.0),
+          (6.0, 0.7, 9.0)]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("sigma", SIGMAS, ids=str)
+def test_gaussian_matches_scipy(shape, sigma):
+    a = _data(shape)
+    want = ndi.gaussian_filter(a, sigma, mode="reflect", truncate=4.0)
+    got = gaussian(a, sigma, truncate=4.0)
+    assert got.dtype == np.float32
+    _close(got, want)
+
+
+@pytest.mark.parametrize("mode", ["reflect", "mirror", "nearest", "wrap", "grid-wrap", "constant", "grid-constant"])
+@pytest.mark.parametrize("shape", [(9, 12, 15), (2, 3, 4), (1, 2, 1), (4, 50, 3)], ids=str)
+def test_gaussian_modes(mode, shape):
+    a = _data(shape, seed=1)
+    for sigma in [(1.0, 1.0, 1.0), (2.5, 0.5, 4.0)]:
+        _close(gaussian(a, sigma, mode=mode), ndi.gaussian_filter(a, sigma, mode=mode))
+
+
+def test_gaussian_mixed_modes_and_cval():
+    a = _data((6, 20, 30), seed=2)
+    modes = ("nearest", "mirror", "reflect")
+    _close(gaussian(a, 1.5, mode=modes), ndi.gaussian_filter(a, 1.5, mode=modes))
+    modes = ("reflect", "constant", "wrap")
+    _close(gaussian(a, (1, 2, 3), mode=modes), ndi.gaussian_filter(a, (1, 2, 3), mode=modes))
+    # cval != 0 is not an OpenCV border: falls back to scipy, same answer
+    _close(gaussian(a, 1.0, mode="constant", cval=0.5), ndi.gaussian_filter(a, 1.0, mode="constant", cval=0.5))
+
+
+@pytest.mark.parametrize("truncate", [2.0, 2.5, 3.0, 4.0, 6.0])
+def test_gaussian_truncate_and_radius(truncate):
+    a = _data((12, 24, 24), seed=3)
+    sigma = (0.7, 1.3, 2.1)
+    _close(gaussian(a, sigma, truncate=truncate), ndi.gaussian_filter(a, sigma, truncate=truncate))
+    _close(gaussian(a, sigma, radius=(1, 5, 2)), ndi.gaussian_filter(a, sigma, radius=(1, 5, 2)))
+
+
+@pytest.mark.parametrize("order", [(0, 0, 1), (0, 2, 0), (2, 0, 0), (1, 1, 0), (0, 0, 2), (3, 0, 1), 1])
+def test_gaussian_derivatives(order):
+    a = _data((10, 30, 26), seed=4)
+    sigma = (0.5, 0.8, 1.2)
+    _close(gaussian(a, sigma, order=order, truncate=3.0), ndi.gaussian_filter(a, sigma, order=order, truncate=3.0),
+           rtol=2e-5)
+
+
+def test_gaussian_kernel_longer_than_array():
+    # radius 40 on axes of 1..5 voxels: OpenCV reflects repeatedly, like scipy
+    for shape in [(3, 4, 5), (1, 2, 3), (5, 1, 1)]:
+        a = _data(shape, seed=5)
+        for mode in ("reflect", "mirror", "nearest", "wrap"):
+            _close(gaussian(a, 10.0, mode=mode), ndi.gaussian_filter(a, 10.0, mode=mode))
+
+
+def test_gaussian_long_kernel():
+    a = _data((4, 300, 300), seed=6)
+    _close(gaussian(a, (0.0, 25.0, 40.0)), ndi.gaussian_filter(a, (0.0, 25.0, 40.0)))
+
+
+def test_gaussian_noncontiguous_and_views():
+    base = _data((20, 40, 60), seed=7)
+    for view in (base[::2, 3:35, ::3], base.transpose(2, 0, 1), base[:, :, 5:50], np.asfortranarray(base)):
+        _close(gaussian(view, (1.0, 2.0, 0.5)), ndi.gaussian_filter(view, (1.0, 2.0, 0.5)))
+    assert np.array_equal(base, _data((20, 40, 60), seed=7))   # input untouched
+
+
+def test_gaussian_channels_and_other_ndims():
+    stack = _data((3, 8, 20, 24), seed=8)
+    sigma = (0.0, 1.0, 1.5, 1.5)
+    _close(gaussian(stack, sigma), ndi.gaussian_filter(stack, sigma))
+    _close(gaussian(stack, (0.8, 1.0, 1.5, 1.5)), ndi.gaussian_filter(stack, (0.8, 1.0, 1.5, 1.5)))
+    for shape, sigma in [((50,), 2.0), ((1,), 3.0), ((30, 40), (1.0, 3.0)), ((2, 3, 4, 5, 6), 1.0)]:
+        a = _data(shape, seed=9)
+        _close(gaussian(a, sigma), ndi.gaussian_filter(a, sigma))
+
+
+def test_gaussian_dtypes_output_and_zero_sigma():
+    a64 = _data((6, 16, 16), seed=10, dtype=np.float64)
+    got = gaussian(a64, 1.2)
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, ndi.gaussian_filter(a64, 1.2), rtol=1e-12, atol=1e-14)
+    u16 = (np.random.default_rng(11).random((6, 16, 16)) * 1000).astype(np.uint16)
+    got = gaussian(u16, 1.0)
+    assert got.dtype == np.float32
+    _close(got, ndi.gaussian_filter(u16.astype(np.float32), 1.0))
+    a = _data((6, 16, 16), seed=12)
+    out = np.empty_like(a)
+    assert gaussian(a, 1.0, output=out) is out
+    _close(out, ndi.gaussian_filter(a, 1.0))
+    same = gaussian(a, 0.0)
+    assert np.array_equal(same, a) and same is not a
+    assert gaussian(np.zeros((0, 4, 4), np.float32), 1.0).shape == (0, 4, 4)
+    with pytest.raises(ValueError):
+        gaussian(a, (1.0, 1.0))
+    with pytest.raises(ValueError):
+        gaussian(a, 1.0, mode="bogus")
+
+
+MAX_SHAPES = [(16, 40, 48), (1, 32, 32), (8, 1, 20), (3, 5, 7), (1, 1, 1), (2, 2, 2), (33, 17, 65)]
+
+
+@pytest.mark.parametrize("shape", MAX_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("size", [3, (3, 3, 3), (1, 3, 3), (3, 1, 1), (5, 7, 3), (2, 4, 3), (9, 9, 9), 1])
+@pytest.mark.parametrize("mode", ["nearest", "reflect", "mirror", "constant", "wrap"])
+def test_maximum_matches_scipy(shape, size, mode):
+    a = _data(shape, seed=13)
+    got = maximum(a, size, mode=mode)
+    assert got.dtype == a.dtype
+    np.testing.assert_array_equal(got, ndi.maximum_filter(a, size=size, mode=mode))
+
+
+def test_maximum_ties_dtypes_and_views():
+    rng = np.random.default_rng(14)
+    for dtype in (np.float32, np.float64, np.uint8, np.uint16, np.int16, np.int32):
+        a = rng.integers(0, 5, (7, 19, 23)).astype(dtype)          # many ties and plateaus
+        for size in (3, (1, 5, 5), (4, 2, 6)):
+            np.testing.assert_array_equal(maximum(a, size), ndi.maximum_filter(a, size=size))
+    base = _data((20, 30, 40), seed=15)
+    for view in (base[::2, ::3, 1:], base.transpose(1, 2, 0)):
+        np.testing.assert_array_equal(maximum(view, 3, mode="nearest"),
+                                      ndi.maximum_filter(view, size=3, mode="nearest"))
+    neg = -_data((5, 9, 9), seed=16) - 10.0                      # all negative: border must not add 0
+    np.testing.assert_array_equal(maximum(neg, 5), ndi.maximum_filter(neg, size=5))
+    stack = _data((2, 6, 10, 12), seed=17)
+    np.testing.assert_array_equal(maximum(stack, (1, 3, 3, 3)), ndi.maximum_filter(stack, size=(1, 3, 3, 3)))
+    line = _data((40,), seed=18)
+    np.testing.assert_array_equal(maximum(line, 5), ndi.maximum_filter(line, size=5))
+    with pytest.raises(ValueError):
+        maximum(base, 0)
+
+
+def test_set_num_threads():
+    import cv2
+
+    filters.set_num_threads(2)
+    assert cv2.getNumThreads() == 2
+    filters.set_num_threads(1)
+    assert cv2.getNumThreads() == 1
+
+
+def test_all_modes_sigma_grid():
+    """A denser sweep: every combination of small shapes and per-axis sigma on/off."""
+    for shape in itertools.product((1, 2, 5), (1, 4), (1, 3, 9)):
+        a = _data(shape, seed=sum(shape))
+        for sigma in itertools.product((0.0, 0.6, 2.0), repeat=3):
+            _close(gaussian(a, sigma), ndi.gaussian_filter(a, sigma))
+
+
+# -- GPU ---------------------------------------------------------------------
+@pytest.mark.gpu
+def test_gpu_filters_match_cpu():
+    cp = pytest.importorskip("cupy")
+    try:
+        if cp.cuda.runtime.getDeviceCount() < 1:
+            pytest.skip("no CUDA device")
+    except Exception:  # noqa: BLE001 - CUDA raises its own error types without a driver
+        pytest.skip("no CUDA device")
+    a = _data((12, 40, 48), seed=19)
+    ga = cp.asarray(a)
+    for sigma, order in [((1.0, 2.0, 2.0), 0), ((0.5, 0.8, 0.8), (0, 0, 2)), ((0.0, 1.5, 1.5), 0)]:
+        got = gaussian(ga, sigma, order=order, truncate=3.0)
+        assert type(got).__module__.startswith("cupy")
+        _close(cp.asnumpy(got), gaussian(a, sigma, order=order, truncate=3.0), rtol=1e-4)
+    got = maximum(ga, 3, mode="nearest")
+    assert type(got).__module__.startswith("cupy")
+    np.testing.assert_array_equal(cp.asnumpy(got), maximum(a, 3, mode="nearest"))
+
+
+def test_cpu_path_does_not_call_scipy(monkeypatch):
+    """The supported modes really run on OpenCV (the scipy fallback would hide a slow path)."""
+    a = _data((6, 20, 24), seed=20)
+    want_g = {m: ndi.gaussian_filter(a, (1.0, 1.5, 2.0), mode=m) for m in ("reflect", "mirror", "nearest", "constant")}
+    want_d = ndi.gaussian_filter(a, (0.5, 0.8, 0.8), order=(0, 2, 0), truncate=3.0)
+    want_m = ndi.maximum_filter(a, size=3, mode="nearest")
+
+    def boom(*args, **kwargs):
+        raise AssertionError("scipy fallback used")
+
+    monkeypatch.setattr(filters.scipy.ndimage, "gaussian_filter", boom)
+    monkeypatch.setattr(filters.scipy.ndimage, "maximum_filter", boom)
+    for m, want in want_g.items():
+        _close(gaussian(a, (1.0, 1.5, 2.0), mode=m), want)
+    _close(gaussian(a, (0.5, 0.8, 0.8), order=(0, 2, 0), truncate=3.0), want_d)
+    np.testing.assert_array_equal(maximum(a, 3, mode="nearest"), want_m)
+
+
+def test_benchmark_kernels_stage_runs(tmp_path):
+    """``python -m benchmarks --stages kernels`` (the filter / puncta / statistics rows) on a tiny volume."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, "-m", "benchmarks", "--shape", "16,64,64", "--repeats", "1", "--stages", "kernels",
+           "--json", str(out), "--tmpdir", str(tmp_path)]
+    proc = subprocess.run(cmd, check=False, cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "gaussian σ2 (pipeline.filters)" in proc.stdout and "max filter 3³ (scipy.ndimage)" in proc.stdout
+    kernels = json.loads(out.read_text())["kernels"]
+    assert kernels["gaussian_rel_err"] < 1e-5 and kernels["maximum_equal"] is True
+    assert {"gaussian_ours", "gaussian_scipy", "maximum_ours", "maximum_scipy", "puncta", "puncta_scipy",
+            "stats_ours", "stats_bincount"} <= set(kernels)
+    assert kernels["puncta_n"] == kernels["puncta_scipy_n"]
