@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 #: Bins per label for the channel sums of small-integer images (see :func:`_label_sums_cpu`).
 _SPREAD = 4
+#: Voxels per piece of those channel sums (64 Ki: bincount's temporaries stay in cache).
+_PIECE = 1 << 16
 
 BBOX_COLUMNS = ("bbox_min_z", "bbox_min_y", "bbox_min_x", "bbox_max_z", "bbox_max_y", "bbox_max_x")
 
@@ -133,26 +135,36 @@ def _label_sums_cpu(labels_zyx: np.ndarray, channels_czyx, offset) -> pd.DataFra
         out[f"min_{name}"] = (boxes[:, 2 * axis] + int(offset[axis]))[order].astype(np.int64)
         out[f"max_{name}"] = (boxes[:, 2 * axis + 1] + int(offset[axis]))[order].astype(np.int64)
     if channels_czyx is not None and channels_czyx.shape[0]:
+        n_channels = channels_czyx.shape[0]
         keys = inverse.reshape(-1).astype(np.intp)
-        spread = None
         if channels_czyx.dtype.kind in "iub" and channels_czyx.dtype.itemsize <= 2:
             # Small integers: every partial sum is an exact integer in double, so the order
-            # of the additions does not matter. Spread each label over _SPREAD bins by voxel
-            # index (neighbouring voxels, mostly of one label, no longer add into one bin
-            # back to back: bincount is bound by that dependency) and add the bins up.
-            spread = keys * _SPREAD
-            whole = spread.size - spread.size % _SPREAD
-            spread[:whole].reshape(-1, _SPREAD)[...] |= np.arange(_SPREAD, dtype=np.intp)
-            spread[whole:] |= np.arange(spread.size - whole, dtype=np.intp)
-        for c in range(channels_czyx.shape[0]):
-            values = np.ascontiguousarray(channels_czyx[c]).reshape(-1)
-            if values.dtype.kind not in "iufb" or values.dtype.itemsize > 8:
-                values = values.astype(np.float64)
-            if spread is not None:
-                sums = np.bincount(spread, weights=values, minlength=n * _SPREAD).reshape(n, _SPREAD).sum(axis=1)
-            else:
-                sums = np.bincount(keys, weights=values, minlength=n)
-            out[f"sum_c{c}"] = sums[order].astype(np.float64, copy=False)
+            # of the additions does not change the result. Two things make bincount ~3x
+            # faster then: spread each label over _SPREAD bins by voxel index (neighbouring
+            # voxels, mostly of one label, no longer add into one bin back to back: the loop
+            # is bound by that dependency), and go through the voxels in pieces of _PIECE
+            # (bincount's double copy of the weights stays in cache), adding the pieces up.
+            keys *= _SPREAD
+            whole = keys.size - keys.size % _SPREAD
+            keys[:whole].reshape(-1, _SPREAD)[...] |= np.arange(_SPREAD, dtype=np.intp)
+            keys[whole:] |= np.arange(keys.size - whole, dtype=np.intp)
+            flat = np.ascontiguousarray(channels_czyx).reshape(n_channels, -1)
+            sums = np.zeros((n_channels, n * _SPREAD))
+            for start in range(0, keys.size, _PIECE):
+                piece = keys[start:start + _PIECE]
+                for c in range(n_channels):
+                    sums[c] += np.bincount(piece, weights=flat[c, start:start + _PIECE], minlength=n * _SPREAD)
+            sums = sums.reshape(n_channels, n, _SPREAD).sum(axis=2)
+        else:
+            # Floats (or wide integers): one pass per channel in voxel order, as the generic path.
+            sums = np.empty((n_channels, n))
+            for c in range(n_channels):
+                values = np.ascontiguousarray(channels_czyx[c]).reshape(-1)
+                if values.dtype.kind not in "iufb" or values.dtype.itemsize > 8:
+                    values = values.astype(np.float64)
+                sums[c] = np.bincount(keys, weights=values, minlength=n)
+        for c in range(n_channels):
+            out[f"sum_c{c}"] = sums[c][order]
     return pd.DataFrame(out)
 
 

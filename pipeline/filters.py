@@ -166,32 +166,29 @@ def _call(cv2, op: str, src, dst, kx, ky, border, ddepth) -> None:
         res = cv2.sepFilter2D(src, ddepth, kx, ky, dst=dst, borderType=border)
     else:
         res = cv2.dilate(src, kx, dst=dst)
-    if res.__array_interface__["data"][0] != dst.__array_interface__["data"][0]:  # pragma: no cover
-        dst[...] = res                   # OpenCV allocated a new output: copy it in
+    if res is not dst:                   # pragma: no cover - OpenCV wrote into a new array: copy it in
+        dst[...] = res
 
 
 def _column_pass(cv2, src3, dst3, kernel, border, ddepth, op: str) -> None:
     """Filter along axis 1 of (p, n, r) C-contiguous arrays: per p, a column pass on (n, width) pieces.
 
-    Each piece is a strided view (row step = the full row r) into the arrays,
-    so nothing is copied; ``src3`` and ``dst3`` may be the same array (the
-    piece then goes through a small scratch buffer: we do not rely on
-    OpenCV's in-place behaviour).
+    Each piece ``[:, o:o + width]`` is a view with contiguous rows and the
+    full row step r, which OpenCV takes as is, so nothing is copied;
+    ``src3`` and ``dst3`` may be the same array (the piece then goes through
+    a small scratch buffer: we do not rely on OpenCV's in-place behaviour).
     """
     p, n, r = src3.shape
-    item = src3.itemsize
-    tile = max(1, _COLUMN_TILE * 4 // item)
+    tile = max(1, _COLUMN_TILE * 4 // src3.itemsize)
     # sepFilter2D(kx=[1], ky=kernel) filters columns; dilate takes the (size, 1) element as is
     kx, ky = (np.ones(1, kernel.dtype), kernel) if op == "filter" else (kernel, None)
-    in_place = src3.__array_interface__["data"][0] == dst3.__array_interface__["data"][0]
+    in_place = np.shares_memory(src3[:1, :1, :1], dst3[:1, :1, :1])
     scratch = np.empty((n, min(tile, r)), dst3.dtype) if in_place else None
-    strided = np.lib.stride_tricks.as_strided
     for i in range(p):
         s2, d2 = src3[i], dst3[i]
         for o in range(0, r, tile):
             w = min(tile, r - o)
-            sv = strided(s2[:, o:], shape=(n, w), strides=(s2.strides[0], item))
-            dv = strided(d2[:, o:], shape=(n, w), strides=(d2.strides[0], item))
+            sv, dv = s2[:, o:o + w], d2[:, o:o + w]
             if in_place:
                 tmp = scratch[:, :w]
                 _call(cv2, op, sv, tmp, kx, ky, border, ddepth)
@@ -202,7 +199,7 @@ def _column_pass(cv2, src3, dst3, kernel, border, ddepth, op: str) -> None:
 
 def _plane_pass(cv2, src3, dst3, kx, ky, border, ddepth, op: str) -> None:
     """Filter the last two axes of (p, y, x) C-contiguous arrays, one 2-D call per plane (may be in place)."""
-    in_place = src3.__array_interface__["data"][0] == dst3.__array_interface__["data"][0]
+    in_place = np.shares_memory(src3[:1, :1, :1], dst3[:1, :1, :1])
     scratch = np.empty(dst3.shape[1:], dst3.dtype) if in_place else None
     for i in range(src3.shape[0]):
         if in_place:

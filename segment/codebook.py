@@ -259,14 +259,16 @@ def despeckle(labels, mask, landscape, min_size: int):
     """Remove 26-connected specks smaller than ``min_size`` and flood every masked voxel.
 
     Specks and unlabelled voxels inside ``mask`` take the label of the
-    surrounding regions by a seeded watershed on ``landscape`` (*CPU
-    fallback* on the GPU). Returns labels of the same kind as ``labels``.
+    surrounding regions by a seeded watershed on ``landscape`` (on the GPU:
+    the device flood of :mod:`segment.flood`, no copy to the host). Returns
+    labels of the same kind as ``labels``.
     """
+    if type(labels).__module__.startswith("cupy"):
+        return _despeckle_device(labels, mask, landscape, min_size)
     import cc3d
     import fastremap
     from skimage.segmentation import watershed
 
-    gpu = type(labels).__module__.startswith("cupy")
     lab = np.ascontiguousarray(to_host(labels)).astype(np.uint32, copy=False)
     m = to_host(mask).astype(bool, copy=False)
     if min_size > 1 and lab.any():
@@ -279,6 +281,29 @@ def despeckle(labels, mask, landscape, min_size: int):
     if (m & (lab == 0)).any() and lab.any():
         lab = watershed(to_host(landscape), markers=lab.astype(np.int32), mask=m).astype(np.uint32)
     lab[~m] = 0
-    if gpu:
-        return array_module(labels).asarray(lab)
+    return lab
+
+
+def _despeckle_device(labels, mask, landscape, min_size: int):
+    """:func:`despeckle` with every step on the labels' device (CuPy)."""
+    from .flood import flood
+    from .kernels import label_components
+
+    xp = array_module(labels)
+    m = mask.astype(bool, copy=False)
+    lab = labels.astype(xp.uint32, copy=True)
+    if min_size > 1 and bool(lab.any()):
+        # 26-connected pieces of each label, numbered across labels.
+        pieces = xp.zeros(lab.shape, dtype=xp.int64)
+        offset = 0
+        for value in (int(v) for v in xp.unique(lab).get() if int(v) > 0):
+            comp = label_components(lab == value)
+            pieces = xp.where(comp > 0, comp.astype(xp.int64) + offset, pieces)
+            offset += int(comp.max())
+        counts = xp.bincount(pieces.ravel())
+        small = (counts < min_size)[pieces] & (pieces > 0)
+        lab[small] = 0
+    if bool((m & (lab == 0)).any()) and bool(lab.any()):
+        lab = flood(landscape, lab, m)
+    lab[~m] = 0
     return lab

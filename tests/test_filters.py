@@ -133,6 +133,12 @@ def test_gaussian_dtypes_output_and_zero_sigma():
     out = np.empty_like(a)
     assert gaussian(a, 1.0, output=out) is out
     _close(out, ndi.gaussian_filter(a, 1.0))
+    inplace = a.copy()
+    assert gaussian(inplace, (1.0, 2.0, 0.5), output=inplace) is inplace          # output may be the input
+    _close(inplace, ndi.gaussian_filter(a, (1.0, 2.0, 0.5)))
+    inplace = a.copy()
+    assert maximum(inplace, 3, output=inplace) is inplace
+    np.testing.assert_array_equal(inplace, ndi.maximum_filter(a, size=3))
     same = gaussian(a, 0.0)
     assert np.array_equal(same, a) and same is not a
     assert gaussian(np.zeros((0, 4, 4), np.float32), 1.0).shape == (0, 4, 4)

@@ -1,0 +1,125 @@
+"""Seeded watershed as a level-synchronous flood: one array program for NumPy and CuPy.
+
+scikit-image's watershed is a priority queue: one voxel at a time, on the
+host. A GPU wants whole-array steps instead. :func:`flood` quantises the
+landscape to ``levels`` grey levels (a bucket queue with one bucket per
+level) and, level by level, lets every labelled voxel at or below the level
+claim its unlabelled masked neighbours, one voxel layer per sweep, until no
+voxel changes (a claimed voxel spreads further once the level reaches its
+own value; claiming on contact is what scikit-image's queue does when it
+pushes a voxel)::
+
+    level 0:   A A . . . . B B        sweep after sweep, basins grow through
+    level 1:   A A A . . B B B        the voxels whose level is <= the
+    level 2:   A A A A B B B B        current one; then the next level opens
+
+Inside one level the growth is breadth-first, exactly as the queue's
+first-in-first-out order on a plateau, so the result equals scikit-image's
+watershed on the same quantised landscape and 6-connectivity except where
+two basins reach a voxel in the same sweep: there the larger label wins
+(scikit-image takes the one queued first). Tested against scikit-image on
+random scenes in ``tests/test_flood.py``.
+
+Every step is ``xp`` array arithmetic (``xp = pipeline.array_module(x)``), so
+on the GPU the labels never leave the device.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline import array_module
+
+__all__ = ["flood", "quantise"]
+
+
+def quantise(landscape, mask, levels: int = 256):
+    """Map ``landscape`` inside ``mask`` linearly onto integer levels ``0 .. levels - 1``.
+
+    The minimum and maximum over the masked voxels become 0 and ``levels - 1``;
+    a constant landscape is all 0.
+    """
+    if not 2 <= int(levels) <= 65536:
+        raise ValueError(f"quantise: levels must be in 2..65536, got {levels}")
+    xp = array_module(landscape)
+    land = landscape.astype(xp.float32, copy=False)
+    dtype = xp.uint8 if levels <= 256 else xp.uint16
+    if not bool(mask.any()):
+        return xp.zeros(land.shape, dtype=dtype)
+    lo = land[mask].min()
+    hi = land[mask].max()
+    span = float(hi - lo)
+    if span <= 0:
+        return xp.zeros(land.shape, dtype=dtype)
+    q = xp.rint((land - lo) * np.float32((int(levels) - 1) / span))
+    return xp.clip(q, 0, int(levels) - 1).astype(dtype)
+
+
+def _neighbour_max(labels, xp):
+    """Largest label among the 6 face neighbours of every voxel (0 outside the array)."""
+    best = xp.zeros_like(labels)
+    for axis in range(labels.ndim):
+        n = labels.shape[axis]
+        if n < 2:
+            continue
+        lo = [slice(None)] * labels.ndim
+        hi = [slice(None)] * labels.ndim
+        lo[axis], hi[axis] = slice(0, n - 1), slice(1, n)
+        lo, hi = tuple(lo), tuple(hi)
+        xp.maximum(best[lo], labels[hi], out=best[lo])
+        xp.maximum(best[hi], labels[lo], out=best[hi])
+    return best
+
+
+def flood(landscape, markers, mask=None, *, levels: int = 256, max_sweeps: int | None = None):
+    """Seeded watershed of ``landscape`` from ``markers`` inside ``mask``.
+
+    Parameters
+    ----------
+    landscape : array (NumPy or CuPy), float or integer
+        Lower values are flooded first. Integer arrays whose values already
+        lie in ``0 .. levels - 1`` are used as they are; anything else is
+        quantised with :func:`quantise`.
+    markers : integer array, same shape
+        Seed labels (> 0); 0 elsewhere.
+    mask : bool array, same shape, optional
+        Voxels that may be labelled (all by default). Markers outside are ignored.
+    levels : int
+        Grey levels of the quantised landscape (the bucket queue's buckets).
+    max_sweeps : int, optional
+        Safety bound on the sweeps per level (default: the number of voxels,
+        which is never reached: each sweep labels at least one voxel or ends
+        the level).
+
+    Returns
+    -------
+    array of the markers' dtype, on the markers' device
+        Masked voxels a basin reaches carry its label; the others 0.
+    """
+    xp = array_module(markers)
+    if landscape.shape != markers.shape or (mask is not None and mask.shape != markers.shape):
+        raise ValueError(f"flood: landscape {landscape.shape}, markers {markers.shape} and mask "
+                         f"{None if mask is None else mask.shape} must have one shape")
+    if markers.dtype.kind not in "iu":
+        raise ValueError(f"flood: markers must be integers, got {markers.dtype}")
+    mask = xp.ones(markers.shape, dtype=bool) if mask is None else mask.astype(bool, copy=False)
+    if landscape.dtype.kind in "iu" and (landscape.size == 0 or int(landscape.max()) < levels) \
+            and (landscape.size == 0 or int(landscape.min()) >= 0):
+        q = landscape
+    else:
+        q = quantise(landscape, mask, levels)
+    labels = xp.where(mask, markers, 0).astype(markers.dtype)
+    limit = int(max_sweeps) if max_sweeps is not None else int(labels.size)
+    present = xp.unique(q[mask]) if labels.size else xp.zeros(0, dtype=q.dtype)
+    for level in (int(v) for v in (present.get() if hasattr(present, "get") else present)):
+        below = q <= level
+        for _ in range(limit):
+            # Labelled voxels at or below the level are "popped": they claim every
+            # unlabelled masked neighbour, whatever its level (as the queue labels a
+            # voxel when it is pushed); claimed voxels at or below the level go on.
+            grow = _neighbour_max(xp.where(below, labels, 0), xp)
+            fresh = mask & (labels == 0) & (grow > 0)
+            if not bool(fresh.any()):
+                break
+            labels = xp.where(fresh, grow, labels)
+    return labels
