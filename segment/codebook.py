@@ -246,13 +246,14 @@ def assign_codes(barcodes, centroids, identity, *, mask=None, floor: float = 0.0
     ident = xp.asarray(np.concatenate([[0], np.asarray(identity, dtype=np.uint32)]).astype(np.uint32))
     if cent.shape[0] == 0:
         return xp.zeros(barcodes.shape[1:], dtype=xp.uint32)
-    flat = barcodes.reshape(k, -1).astype(xp.float32, copy=False)
-    # cosine up to the voxel's norm, which does not change the argmax
-    best = xp.argmax(cent @ flat, axis=0).astype(xp.uint32) + 1
-    labels = ident[best].reshape(barcodes.shape[1:])
     bright = barcodes.max(axis=0) >= floor
     keep = bright if mask is None else (bright & mask)
-    return xp.where(keep, labels, xp.uint32(0)).astype(xp.uint32)
+    # Only the kept voxels (the foreground: a fraction of the block) are scored.
+    picked = barcodes[:, keep].astype(xp.float32, copy=False)
+    labels = xp.zeros(barcodes.shape[1:], dtype=xp.uint32)
+    # cosine up to the voxel's norm, which does not change the argmax
+    labels[keep] = ident[xp.argmax(cent @ picked, axis=0) + 1]
+    return labels
 
 
 def despeckle(labels, mask, landscape, min_size: int):

@@ -186,25 +186,37 @@ def deconvolve(x, psf_sigma: Sequence[float], iterations: int, *, acceleration: 
     sigma = tuple(float(s) for s in psf_sigma)
     floor = np.float32(eps)
 
-    def blur(a):
-        return gaussian(a, sigma, truncate=PSF_TRUNCATE, mode="reflect")
+    def blur(a, out):
+        return gaussian(a, sigma, truncate=PSF_TRUNCATE, mode="reflect", output=out)
 
     obs = xp.maximum(x.astype(xp.float32, copy=False), floor)
     est = obs.copy()
+    # Five buffers per channel, reused across iterations: the arithmetic costs
+    # as much as the two blurs when every step allocates (same operations, same
+    # order, so the same floats as the allocating form).
+    start_buf, conv, spare = (xp.empty_like(obs[0]) for _ in range(3))
     for c in range(obs.shape[0]):
-        o, e = obs[c], est[c]
-        previous = None
+        o, e = obs[c], est[c].copy()
+        previous, new = None, spare
         for i in range(int(iterations)):
             if acceleration == "nesterov" and previous is not None:
-                momentum = np.float32((i - 1) / (i + 2))
-                start = e + momentum * (e - previous)
+                start = start_buf
+                xp.subtract(e, previous, out=start)
+                start *= np.float32((i - 1) / (i + 2))
+                start += e
                 xp.maximum(start, floor, out=start)
             else:
                 start = e
-            conv = blur(start)
+            blur(start, conv)
             xp.maximum(conv, floor, out=conv)
-            previous, e = e, start * blur(o / conv)
+            xp.divide(o, conv, out=conv)
+            blur(conv, new)
+            new *= start
+            # rotate: the estimate two steps back becomes the next output buffer
+            recycled = previous if previous is not None else xp.empty_like(e)
+            previous, e, new = e, new, recycled
         est[c] = e
+        spare = new
     return est
 
 
