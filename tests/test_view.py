@@ -366,10 +366,14 @@ def test_data_server_ranges_and_confinement(tmp_path):
         server.stop()
 
 
-def test_view_command_serves_until_ctrl_c(tiny_run):
+def test_view_command_serves_until_ctrl_c(tiny_run, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # stderr goes to a file: a pipe nobody reads fills up with the export's log
+    # lines and blocks the process (it could then never exit on Ctrl-C).
+    err_path = tmp_path / "view.stderr"
+    err_file = open(err_path, "w")
     proc = subprocess.Popen([sys.executable, "-m", "workflows.cli", "view", str(tiny_run)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            stdout=subprocess.PIPE, stderr=err_file, text=True, env=env,
                             start_new_session=True)
     try:
         line: list[str] = []
@@ -377,21 +381,22 @@ def test_view_command_serves_until_ctrl_c(tiny_run):
         reader.start()
         reader.join(60)
         assert line and line[0].startswith("http://127.0.0.1:"), (
-            f"no URL printed: {line}; stderr: {proc.stderr.read() if proc.poll() is not None else ''}")
+            f"no URL printed: {line}; stderr: {err_path.read_text()}")
         url = line[0].strip()
         with urllib.request.urlopen(url, timeout=10) as response:
             assert response.status == 200
         time.sleep(0.5)
         assert proc.poll() is None, "connectome view exited instead of serving"
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=20) == 0
-        assert "Traceback" not in proc.stderr.read()
+        assert proc.wait(timeout=30) == 0, err_path.read_text()[-2000:]
+        assert "Traceback" not in err_path.read_text()
         with pytest.raises(OSError):
             urllib.request.urlopen(url, timeout=5)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
+        err_file.close()
 
 
 # --------------------------------------------------------------------------- refusals

@@ -72,6 +72,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: Seconds :meth:`ViewServer.close` waits for Neuroglancer's server to stop.
+STOP_TIMEOUT_S = 5.0
+
 #: Folder of the Neuroglancer export inside a run directory.
 EXPORT_DIR = "neuroglancer"
 #: Fingerprint file inside :data:`EXPORT_DIR`.
@@ -644,7 +647,16 @@ class ViewServer:
             with _NG_LOCK:
                 _NG_USERS -= 1
                 if _NG_USERS == 0:
-                    neuroglancer.server.stop()
+                    # Neuroglancer's stop() joins its server thread with no timeout
+                    # and waits for open connections to close (a browser keeps one):
+                    # bound it, so Ctrl-C always ends the command.
+                    stopper = threading.Thread(target=neuroglancer.server.stop, daemon=True,
+                                               name="connectome-view-stop")
+                    stopper.start()
+                    stopper.join(STOP_TIMEOUT_S)
+                    if stopper.is_alive():
+                        log.warning("the Neuroglancer server did not stop within %.0f s; leaving it",
+                                    STOP_TIMEOUT_S)
             self._ng_user = False
         if self.data is not None:
             self.data.stop()
