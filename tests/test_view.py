@@ -510,3 +510,30 @@ def test_input_volume_is_found_from_a_relative_record(tmp_path, monkeypatch):
     assert find_input_volume(run, {"input": "gone.zarr"}) is None
     with pytest.raises(ViewError, match="zarr.json is missing"):
         find_input_volume(run, record, volume=tmp_path / "gone.zarr")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_view_stops_even_when_started_with_sigint_ignored(tiny_run, tmp_path, signum):
+    # A child inherits an ignored SIGINT (background jobs of scripts, some test
+    # runners); Python then never raises KeyboardInterrupt unless the command
+    # installs its own handler, and Ctrl-C would leave the server running.
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    err_path = tmp_path / "view.stderr"
+    with open(err_path, "w") as err_file:
+        proc = subprocess.Popen([sys.executable, "-m", "workflows.cli", "view", str(tiny_run)],
+                                stdout=subprocess.PIPE, stderr=err_file, text=True, env=env,
+                                start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+        try:
+            line: list[str] = []
+            reader = threading.Thread(target=lambda: line.append(proc.stdout.readline()), daemon=True)
+            reader.start()
+            reader.join(60)
+            assert line and line[0].startswith("http://127.0.0.1:"), err_path.read_text()[-2000:]
+            proc.send_signal(signum)
+            assert proc.wait(timeout=30) == 0, err_path.read_text()[-2000:]
+            assert "stopped" in err_path.read_text()
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)

@@ -49,6 +49,7 @@ import mimetypes
 import os
 import re
 import shutil
+import signal
 import socket
 import tempfile
 import threading
@@ -774,6 +775,7 @@ def serve(run_dir: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 0,
     server = ViewServer(run_dir, host=host, port=port, volume=volume, rebuild=rebuild,
                         skeletons=skeletons)
     url = server.start()
+    previous = _catch_stop_signals()
     try:
         print(url, flush=True)
         log.info("Neuroglancer is serving %s; press Ctrl-C to stop", run_dir)
@@ -784,4 +786,26 @@ def serve(run_dir: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 0,
         log.info("stopped")
     finally:
         server.close()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     return 0
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _catch_stop_signals() -> dict:
+    """Make Ctrl-C (SIGINT) and SIGTERM stop the server cleanly; return the handlers they replace.
+
+    A process started with SIGINT ignored (a background job of a script, or a
+    child of a process that ignores it) inherits that, and Python then never
+    raises KeyboardInterrupt: the command could not be stopped with Ctrl-C.
+    Only possible from the main thread; elsewhere nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        previous[signum] = signal.signal(signum, _raise_interrupt)
+    return previous
