@@ -38,3 +38,16 @@ def test_benchmark_rejects_unknown_stage():
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
     assert "nonsense" in proc.stderr
+
+
+def test_gpu_block_benchmark_runs_on_the_cpu_and_prints_its_table():
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-m", "benchmarks.gpu.block_bench", "--shape", "16,64,64", "--repeats", "1",
+                          "--cpu"], cwd=repo, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("block 16x64x64")
+    steps = [line.split("|")[1].strip() for line in lines if line.startswith("| ") and not line.startswith("| step")]
+    assert steps == ["normalise", "deconvolve", "evidence", "codebook labels", "flood specks", "connected pieces",
+                     "puncta (1 channel)", "per-label sums", "whole chain"]
+    assert "GPU: not measured" in out.stdout

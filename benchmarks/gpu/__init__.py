@@ -1,0 +1,1 @@
+"""GPU preparation, device check and block benchmark (see BENCHMARKS.md, "GPU")."""

@@ -1,0 +1,179 @@
+"""The block kernels on the CPU (NumPy) and, when CuPy sees a device, on the GPU, side by side.
+
+Usage (the device check script runs it; it also runs here, CPU only)::
+
+    python -m benchmarks.gpu.block_bench                    # one 64x256x256 block, 8 barcodes
+    python -m benchmarks.gpu.block_bench --shape 128,512,512 --repeats 5
+
+One synthetic block (``segment.synthetic``: tubes and balls with barcodes,
+blurred, with noise) goes through the segmentation's per-block chain --
+normalise, Richardson-Lucy deconvolution (the configured default), evidence,
+codebook labelling, speck flooding, connected pieces -- then puncta
+detection on one channel and per-label sums of every channel. Each step is
+timed as the median of ``--repeats`` after one warm-up; on the GPU the data
+stay on the device for the whole chain (it is copied there once, not timed)
+and every timing ends with a device synchronisation. The table gives seconds,
+Gvox/s of the block and the GPU/CPU speed-up. No number is printed for a
+device that is not there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import time
+
+import numpy as np
+
+log = logging.getLogger("benchmarks.gpu.block_bench")
+
+
+def _cupy():
+    """CuPy when it imports and sees a CUDA device, else None."""
+    try:
+        import cupy
+
+        if cupy.cuda.runtime.getDeviceCount() > 0:
+            return cupy
+    except Exception as exc:  # noqa: BLE001 - CUDA raises its own error types without a driver
+        log.info("no GPU: %s", exc)
+    return None
+
+
+def make_block(shape, n_barcodes: int = 8, seed: int = 0):
+    """A synthetic block (``segment.synthetic.SyntheticVolume``) and its objects' distinct codes."""
+    from segment.synthetic import random_objects, render
+
+    objects = random_objects(tuple(shape), max(4, int(np.prod(shape) // 60000)), n_barcodes=n_barcodes, seed=seed)
+    codes = sorted({tuple(obj.code) for obj in objects if any(obj.code)})
+    return render(tuple(shape), objects, seed=seed), np.asarray(codes, np.float32)
+
+
+def chain(xp, fill, barcodes, codebook, sync):
+    """The per-block steps on arrays of ``xp``; returns {step: callable} run in order."""
+    from graph.measure import label_sums
+    from segment import SegmentConfig, kernels
+    from segment.codebook import assign_codes, despeckle
+    from segment.puncta import PunctaConfig, detect_puncta
+
+    config = SegmentConfig()
+    state = {}
+
+    def normalise():
+        stack = xp.concatenate([fill[None], barcodes])
+        lo = [float(v) for v in np.zeros(stack.shape[0])]
+        hi = [float(v) for v in np.ones(stack.shape[0])]
+        state["norm"] = kernels.normalize(stack, lo, hi)
+
+    def deconvolve():
+        state["bc"] = kernels.deconvolve(state["norm"][1:], config.psf_sigma, config.deconvolution_iterations,
+                                         acceleration=config.deconvolution_acceleration)
+
+    def evidence():
+        state["ev"] = kernels.compute_evidence(state["norm"][0], state["bc"], None, sigma=config.sigma,
+                                               barcode_sigma=config.barcode_sigma, threshold=0.2)
+
+    def codes():
+        centroids, identity = codebook
+        state["codes"] = assign_codes(state["bc"], centroids, identity, mask=state["ev"].foreground,
+                                      floor=config.code_floor)
+
+    def flood():
+        state["labels"] = despeckle(state["codes"], state["ev"].foreground, state["ev"].boundary,
+                                    config.despeckle_size)
+
+    def pieces():
+        state["pieces"] = kernels.label_components(state["labels"] > 0)
+
+    def puncta():
+        state["puncta"] = detect_puncta(barcodes[0], PunctaConfig(), noise=1.0)
+
+    def measure():
+        labels = state["labels"]
+        if xp is np:
+            state["sums"] = label_sums(labels, barcodes)
+        else:  # per-label sums on the device: one bincount per channel
+            flat = labels.ravel().astype(xp.int64)
+            state["sums"] = [xp.bincount(flat, weights=barcodes[c].ravel()) for c in range(barcodes.shape[0])]
+
+    steps = {"normalise": normalise, "deconvolve": deconvolve, "evidence": evidence, "codebook labels": codes,
+             "flood specks": flood, "connected pieces": pieces, "puncta (1 channel)": puncta,
+             "per-label sums": measure}
+
+    def timed(fn):
+        def run():
+            fn()
+            sync()
+        return run
+
+    return {name: timed(fn) for name, fn in steps.items()}
+
+
+def run_chain(xp, fill, barcodes, codebook, repeats: int, sync) -> dict:
+    """Median seconds of every step (and of the whole chain) after one warm-up."""
+    steps = chain(xp, fill, barcodes, codebook, sync)
+    for fn in steps.values():  # warm-up: kernels compiled, memory touched
+        fn()
+    times = {name: [] for name in steps}
+    totals = []
+    for _ in range(repeats):
+        t_all = time.perf_counter()
+        for name, fn in steps.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+        totals.append(time.perf_counter() - t_all)
+    out = {name: statistics.median(v) for name, v in times.items()}
+    out["whole chain"] = statistics.median(totals)
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu.block_bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", default="64,256,256", help="Z,Y,X of the block (default 64,256,256)")
+    parser.add_argument("--barcodes", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--cpu", action="store_true", help="CPU only, even with a GPU")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    shape = tuple(int(v) for v in args.shape.split(","))
+    if len(shape) != 3 or min(shape) < 8:
+        parser.error(f"--shape needs three sizes >= 8, got {args.shape}")
+    scene, codes = make_block(shape, args.barcodes)
+    fill = scene.image[0].astype(np.float32)
+    barcodes = scene.image[1:1 + args.barcodes].astype(np.float32)
+    scale = np.float32(1.0 / max(float(np.percentile(scene.image, 99.5)), 1e-6))
+    fill, barcodes = fill * scale, barcodes * scale
+    codebook = (codes / np.maximum(np.linalg.norm(codes, axis=1, keepdims=True), 1e-6),
+                list(range(1, len(codes) + 1)))
+    mvox = float(np.prod(shape)) / 1e6
+
+    rows = {"cpu": run_chain(np, fill, barcodes, codebook, args.repeats, lambda: None)}
+    cp = None if args.cpu else _cupy()
+    device = "none"
+    if cp is not None:
+        device = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
+        rows["gpu"] = run_chain(cp, cp.asarray(fill), cp.asarray(barcodes), codebook, args.repeats,
+                                lambda: cp.cuda.Stream.null.synchronize())
+    from pipeline.filters import opencv_available
+
+    filters = "OpenCV" if opencv_available() else "scipy.ndimage (no OpenCV here: slower than our CPU path)"
+    print(f"block {'x'.join(map(str, shape))} = {mvox:.1f} Mvox, {args.barcodes} barcodes, median of "
+          f"{args.repeats} after a warm-up; CPU: 1 process, filters {filters}; GPU: {device}")
+    header = "| step | CPU s | CPU Mvox/s |" + (" GPU s | GPU Gvox/s | GPU÷CPU |" if "gpu" in rows else "")
+    print(header)
+    print("|---" * (header.count("|") - 1) + "|")
+    for name, cpu_s in rows["cpu"].items():
+        line = f"| {name} | {cpu_s:.4f} | {mvox / cpu_s:.2f} |"
+        if "gpu" in rows:
+            gpu_s = rows["gpu"][name]
+            line += f" {gpu_s:.4f} | {mvox / 1e3 / gpu_s:.3f} | {cpu_s / gpu_s:.1f} |"
+        print(line)
+    if "gpu" not in rows:
+        print("GPU: not measured (no CUDA device visible to CuPy)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
