@@ -39,6 +39,7 @@ import pandas as pd
 import zarr
 
 from pipeline import BlockGrid, run_blockwise
+from pipeline.storage import array_digest
 
 __all__ = ["PARTNER_COLUMNS", "barcode_partners", "choose_partners"]
 
@@ -209,7 +210,7 @@ def barcode_partners(pre_df: pd.DataFrame, post_df: pd.DataFrame, run_dir, voxel
     step = partial(partners_step, pre_pos=pre_pos, post_pos=post_pos, pairs=pairs,
                    labels_path=str(run_dir / "labels.zarr" / "neurons" / "0"),
                    barcodes_path=str(barcodes_path), means_path=str(means_path), radius=radius)
-    params = {"pairs": int(len(pairs)), "digest": _digest(pre_pos, post_pos, np.load(means_path)["means"]),
+    params = {"pairs": int(len(pairs)), "digest": array_digest(pre_pos, post_pos, np.load(means_path)["means"]),
               "radius": list(radius), "halo": list(reach), "block_shape": list(hgrid.block_shape),
               "shape": list(hgrid.shape)}
     parts = run_blockwise(step, blocks, name="synapse_partners", state_dir=run_dir / "work" / "blocks",
@@ -219,12 +220,3 @@ def barcode_partners(pre_df: pd.DataFrame, post_df: pd.DataFrame, run_dir, voxel
         frame[c] = frame[c].astype(np.int64)
     frame["certainty"] = frame["certainty"].astype(np.float64)
     return frame.sort_values(["pre_index", "post_index"], ignore_index=True)
-
-
-def _digest(*arrays) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    for a in arrays:
-        h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()[:16]

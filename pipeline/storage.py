@@ -17,6 +17,7 @@ users; unset, the hook costs one dictionary lookup.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import pickle
@@ -27,7 +28,7 @@ from pathlib import Path
 
 from .errors import PipelineError
 
-__all__ = ["StorageError", "crash_point", "storage_error", "atomic_path", "write_json", "write_text_atomic", "read_json", "write_parquet", "write_pickle", "read_pickle"]
+__all__ = ["StorageError", "crash_point", "storage_error", "atomic_path", "write_json", "write_text_atomic", "read_json", "write_parquet", "write_pickle", "read_pickle", "array_digest"]
 
 
 class StorageError(PipelineError, OSError):
@@ -138,3 +139,13 @@ def read_pickle(path):
     """Read a pickle this pipeline wrote (block summaries); never a user's file."""
     with open(path, "rb") as f:
         return pickle.load(f)
+
+
+def array_digest(*arrays) -> str:
+    """Short SHA-256 of the bytes of ``arrays`` (C order): a fingerprint for step parameters."""
+    import numpy as np
+
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:16]

@@ -33,7 +33,6 @@ identical output.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import shutil
 import time
@@ -44,7 +43,7 @@ import numpy as np
 import zarr
 
 from pipeline import BlockGrid, ConfigError, Executor, Volume, VolumeError, resolve_device, run_blockwise
-from pipeline.storage import atomic_path, write_json
+from pipeline.storage import array_digest, atomic_path, write_json
 from pipeline.volume import create_label_image, open_label_image
 
 from . import kernels
@@ -115,13 +114,6 @@ def _ensure_array(path: Path, shape, chunks, dtype, stale_state: list[Path]) -> 
     zarr.create_array(str(path), shape=tuple(shape), chunks=tuple(chunks), dtype=dtype, fill_value=0,
                       dimension_names=("c", "z", "y", "x")[-len(shape):])
     return str(path)
-
-
-def _digest(*arrays) -> str:
-    h = hashlib.sha256()
-    for a in arrays:
-        h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()[:16]
 
 
 #: Per-neuron mean of the normalised, deconvolved barcodes (``RUN/work``; see docs/contracts.md).
@@ -256,7 +248,7 @@ def segment_volume(volume: Volume, run_dir, config: SegmentConfig | None = None,
     # Pass 3: adjacency edges (inside blocks and across block faces).
     t = time.perf_counter()
     step = partial(edges_step, fragments_path=frag_path, evidence_path=ev_path)
-    edge_params = {"fragments": _digest(fragments.ids, fragments.counts), **geometry}
+    edge_params = {"fragments": array_digest(fragments.ids, fragments.counts), **geometry}
     edges = EdgeTable.concat(run_blockwise(step, blocks, name="segment_edges", state_dir=state,
                                            executor=executor, params=edge_params, progress=progress))
     timings["edges"] = time.perf_counter() - t
@@ -296,7 +288,7 @@ def segment_volume(volume: Volume, run_dir, config: SegmentConfig | None = None,
                            unit=volume.unit, chunks_zyx=chunks, overwrite=True)
     labels_path = str(labels_dir / "neurons" / "0")
     step = partial(relabel_step, fragments_path=frag_path, lut_path=str(lut_path), labels_path=labels_path)
-    relabel_params = {"lut": _digest(fragments.ids, neuron_of), **geometry}
+    relabel_params = {"lut": array_digest(fragments.ids, neuron_of), **geometry}
     run_blockwise(step, blocks, name="segment_relabel", state_dir=state, executor=executor,
                   params=relabel_params, progress=progress)
     timings["relabel"] = time.perf_counter() - t
