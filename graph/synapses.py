@@ -57,7 +57,7 @@ from scipy.spatial import cKDTree
 from pipeline.config import StrictModel
 from pipeline.errors import InputError
 
-__all__ = ["SynapseConfig", "SYNAPSE_TABLE_COLUMNS", "pair_puncta", "detect_synapses"]
+__all__ = ["SynapseConfig", "SYNAPSE_TABLE_COLUMNS", "pair_puncta", "synapses_from_puncta", "detect_synapses"]
 
 log = logging.getLogger(__name__)
 
@@ -270,13 +270,26 @@ def detect_synapses(volume, run_dir, *, puncta=None, synapses: SynapseConfig | N
     synapses = synapses or SynapseConfig()
     pre, post = detect_puncta_volume(volume, Path(run_dir), puncta, grid=grid, executor=executor,
                                      device=device, noise=noise, progress=progress)
-    partners = None
-    if synapses.partners == "barcode":
-        from .partners import barcode_partners
-
-        partners = barcode_partners(pre, post, run_dir, volume.voxel_size, grid=grid,
-                                    max_distance_um=synapses.max_distance_um,
-                                    window_um=synapses.partner_window_um, executor=executor, progress=progress)
-    frame = pair_puncta(pre, post, volume.voxel_size, synapses, partners=partners)
+    frame = synapses_from_puncta(pre, post, volume.voxel_size, run_dir, synapses, grid=grid, executor=executor,
+                                 progress=progress)
     frame.attrs.update(n_pre_puncta=len(pre), n_post_puncta=len(post))
     return frame
+
+
+def synapses_from_puncta(pre_df: pd.DataFrame, post_df: pd.DataFrame, voxel_size, run_dir,
+                         config: SynapseConfig | None = None, *, grid, executor=None,
+                         progress: bool = False) -> pd.DataFrame:
+    """Partners (from barcodes when ``config.partners == "barcode"``) then :func:`pair_puncta`.
+
+    The barcode partners (:func:`graph.partners.barcode_partners`) need the
+    run's segmentation work files; without them the labels at the puncta are used.
+    """
+    config = config or SynapseConfig()
+    partners = None
+    if config.partners == "barcode":
+        from .partners import barcode_partners
+
+        partners = barcode_partners(pre_df, post_df, run_dir, voxel_size, grid=grid,
+                                    max_distance_um=config.max_distance_um, window_um=config.partner_window_um,
+                                    executor=executor, progress=progress)
+    return pair_puncta(pre_df, post_df, voxel_size, config, partners=partners)

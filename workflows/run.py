@@ -45,8 +45,7 @@ from graph import Connectome
 from graph.connectome import FORMAT_VERSION
 from graph.annotate import annotate_neurons
 from graph.measure import measure_neurons
-from graph.partners import barcode_partners
-from graph.synapses import pair_puncta
+from graph.synapses import synapses_from_puncta
 from ingest import ingest
 from pipeline import BlockGrid, ConfigError, Executor, InputError, PipelineError, Volume, resolve_device
 from pipeline.lock import RunLock
@@ -253,12 +252,8 @@ def _run_locked(config: WorkflowConfig, run_dir: Path, progress: bool) -> Path:
         with timer.step("measure"):
             neurons = measure_neurons(volume, labels, grid=grid, executor=executor, state_dir=work)
         with timer.step("synapses"):
-            partners = None
-            if config.synapses.partners == "barcode":
-                partners = barcode_partners(pre, post, run_dir, volume.voxel_size, grid=grid,
-                                            max_distance_um=config.synapses.max_distance_um,
-                                            window_um=config.synapses.partner_window_um, executor=executor)
-            synapses = pair_puncta(pre, post, volume.voxel_size, config.synapses, partners=partners)
+            synapses = synapses_from_puncta(pre, post, volume.voxel_size, run_dir, config.synapses, grid=grid,
+                                            executor=executor)
     with timer.step("annotate"):
         neurons = annotate_neurons(neurons, volume, barcodes=config.barcodes, cell_types=config.cell_types,
                                    background=neurons.attrs.get("background"))
