@@ -1,16 +1,33 @@
 #!/usr/bin/env bash
 # The one script to run on a lent GPU machine (see BENCHMARKS.md, "GPU"):
 #   device run, carry [".whl"], command: "bash benchmarks/gpu/device_check.sh"
-# It installs the wheels from prepare_wheels.sh, prints the GPU, runs the tests marked `gpu`
-# (they compare the CuPy path with the NumPy path on the same blocks), prints their summary, then
-# times the block kernels on CPU and GPU (benchmarks/gpu/block_bench.py) and prints the table.
+# It installs the wheels from prepare_wheels.sh and prints the GPU and CPU, then, each step bounded
+# by a timeout so one failure cannot eat the lease:
+#   1. the tests marked `gpu` (CuPy path vs NumPy path: filters, flood, kernels, deconvolution,
+#      puncta, a whole tiny run);
+#   2. the per-block chain on CPU and GPU side by side (benchmarks/gpu/block_bench.py), then a
+#      bigger block on the GPU alone (data on the device, the end-to-end Gvox/s);
+#   3. the sample workflow on CPU and on GPU (benchmarks/gpu/workflow_bench.py): stage times,
+#      evaluation, and how far the GPU labels are from the CPU labels.
+# Logs go to $OUT (the device tool brings them back).
 set -uo pipefail
+OUT=${OUT:-$(mktemp -d)}
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 PYTEST_DISABLE_PLUGIN_AUTOLOAD=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2) x $(nproc)"
 python3 -c "import cupy, numpy; print('cupy', cupy.__version__, 'numpy', numpy.__version__, 'devices', cupy.cuda.runtime.getDeviceCount())"
+
+step() {  # step SECONDS LOGNAME COMMAND...: run with a timeout, keep the log, report the exit status
+  local limit=$1 name=$2; shift 2
+  echo "=== $name ($*)"
+  timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.log"
+  echo "=== $name: exit ${PIPESTATUS[0]}"
+}
+
 # Only the files holding gpu tests: the others import exporters (cloud-volume, pynwb...) not carried.
 files=$(grep -l "mark.gpu" tests/test_*.py)
-python3 -m pytest -q -m gpu -p no:cacheprovider $files 2>&1 | tee "${OUT:-/tmp}/gpu_tests.log"
-# The block kernels, CPU (NumPy) vs GPU (CuPy) on the same synthetic block: the table for BENCHMARKS.md.
-python3 -m benchmarks.gpu.block_bench --shape 128,256,256 --repeats 3 2>&1 | tee "${OUT:-/tmp}/gpu_block_bench.txt"
+step 200 gpu_tests python3 -m pytest -q -m gpu -p no:cacheprovider -rs $files
+step 120 block_bench python3 -m benchmarks.gpu.block_bench --shape 64,256,256 --repeats 3
+step 60 block_bench_big python3 -m benchmarks.gpu.block_bench --shape 64,256,256 --tile 4,2,2 --gpu-only --repeats 5
+step 180 workflow_bench python3 -m benchmarks.gpu.workflow_bench --out /tmp/gpu_workflow
