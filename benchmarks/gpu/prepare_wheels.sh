@@ -14,7 +14,7 @@ PLATFORMS=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --p
            --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64)
 # Keep one version of each; the list covers the CPU-path imports of pipeline/segment/graph.
 WHEELS=(
-  "zarr==3.1.6" "numcodecs==0.16.6" "donfig==0.8.1.post1" "crc32c" "typing_extensions"
+  "zarr==3.1.6" "numcodecs==0.16.6" "donfig==0.8.1.post1" "crc32c" "google-crc32c" "typing_extensions"
   "dask==2026.8.0" "distributed==2026.8.0" "cloudpickle" "fsspec" "partd" "locket" "toolz"
   "tblib" "zict" "sortedcontainers" "msgpack" "psutil" "tornado" "click" "importlib_metadata" "zipp"
   "pydantic==2.12.5" "pydantic_core==2.41.5" "annotated_types" "typing_inspection"
