@@ -18,7 +18,9 @@ unimodal: every neuron gets ``unimodal_call`` (posterior 0 for ``low``, 1 for
 
 Barcodes (:func:`call_barcodes`)
 --------------------------------
-Bit ``c`` is ``1`` when ``p_<channel> > 0.5``; ``barcode`` is the string of
+Bit ``c`` is ``1`` when ``p_<channel> > 0.5`` (with ``bits_on``, the call is
+then re-decided per neuron in contrast units, see :class:`BarcodeConfig`; a
+switched bit keeps its ``p_<channel>``); ``barcode`` is the string of
 bits in channel order; ``barcode_confidence`` is the product (or the minimum)
 over channels of the posterior of the called state; ``barcode_shared`` marks
 barcodes carried by two or more neurons.
@@ -144,10 +146,25 @@ class BarcodeConfig(StrictModel):
         How per-bit posteriors combine into ``barcode_confidence``.
     bits_on : tuple of int, optional
         ``(min, max)`` number of "on" bits of a valid code (constant-weight
-        codes, e.g. ``[3, 4]``). A call with too few bits on switches on the
-        off bits that stand furthest above their channel's off component
-        (a dim, "dropped-out" bit); too many switches off the on bits closest
-        to their off component. ``None``: no constraint.
+        codes, e.g. ``[3, 4]``). ``None``: no constraint. With it, each
+        neuron's call is re-decided in *contrast units* (see
+        :func:`_enforce_weight`): the number of bits on is the number of
+        posteriors above 0.5 clipped to ``[min, max]``, and the bits on are
+        that many of the neuron's brightest bits, brightness measured as the
+        fraction of each channel's on-off contrast (a dim, "dropped-out" bit
+        is a fraction of its on level). A call with too few bits on thus gets
+        its brightest off bits, too many loses its dimmest on bits, and an
+        off bit brighter than a called-on bit of the same neuron swaps with it.
+    dim_z : float, optional
+        Only with ``bits_on``: a call with fewer than ``max`` bits on also
+        switches on its brightest off bit when that bit stands at least
+        ``dim_z`` off standard deviations above its channel's off level
+        (a one-sided outlier test, in contrast units, against the scatter of
+        the off bits of all channels, or of the bit's own channel when that
+        is larger: under Gaussian off scatter a false promotion has
+        probability 0.13 % per off bit at 3). ``None``: never.
+        Switched bits keep their channel posterior ``p_<channel>``, so the
+        ``barcode_confidence`` of a call with a switched bit is low.
     """
 
     mixture: MixtureConfig = Field(default_factory=lambda: MixtureConfig(dim_fraction=0.02))
@@ -155,6 +172,7 @@ class BarcodeConfig(StrictModel):
     normalize: Literal["none", "total", "max"] = "none"
     confidence: Literal["product", "min"] = "product"
     bits_on: tuple[int, int] | None = None
+    dim_z: float | None = Field(default=3.0, gt=0.0)
 
     @field_validator("bits_on")
     @classmethod
@@ -434,37 +452,79 @@ def channel_posteriors(values: np.ndarray, names: Sequence[str], config: Mixture
     return post, fits
 
 
-def _enforce_weight(bits, values, channels, fits, bits_on):
-    """Switch bits so that every code has ``bits_on[0]..bits_on[1]`` ones (see BarcodeConfig)."""
-    lo, hi = bits_on
-    # height above the off component in robust off standard deviations (comparable across channels)
-    height = np.zeros(values.shape)
+def _contrast(values, channels, fits):
+    """Each value as a fraction of its channel's on-off contrast: 0 at the off center, 1 at the on center.
+
+    Linear intensity units (the fit's robust centers transformed back), so a
+    bit expressed at a fraction ``f`` of its on level sits near ``f``.
+    Unimodal channels get ``nan``.
+    """
+    y = np.full(values.shape, np.nan)
     for i, c in enumerate(channels):
         fit = fits[c]
-        x = fit.transform(values[:, i])
-        if fit.bimodal:
-            height[:, i] = (x - fit.centers[0]) / fit.scales[0]
+        if not fit.bimodal:
+            continue
+        if fit.log_transform:
+            off, on = (float(np.exp(v)) - fit.offset for v in fit.centers)
         else:
-            height[:, i] = -np.inf if fit.call == "low" else np.inf  # never switch these
-    bits = bits.copy()
-    changed = 0
+            off, on = fit.centers
+        if on > off:
+            y[:, i] = (values[:, i] - off) / (on - off)
+    return y
+
+
+def _robust_scale(values) -> float:
+    """1.4826 x the median absolute deviation from 0 (the off level); ``nan`` for fewer than 4 values."""
+    values = np.asarray(values, dtype=np.float64)
+    return 1.4826 * float(np.median(np.abs(values))) if values.size >= 4 else float("nan")
+
+
+def _enforce_weight(bits, values, channels, fits, bits_on, dim_z=None):
+    """Re-decide each call under ``bits_on`` in contrast units (see :class:`BarcodeConfig`).
+
+    Per neuron: ``n`` = number of bits called on, clipped to ``bits_on``; the
+    bits on are the ``n`` with the largest contrast fraction
+    (:func:`_contrast`) among the bimodal channels (unimodal channels keep
+    their call and count towards ``n``). When ``n < bits_on[1]`` and
+    ``dim_z`` is set, the next brightest bit is switched on too if it stands
+    at least ``dim_z`` off standard deviations above the off level. The scale
+    is the robust (1.4826 MAD) spread of the contrast fractions of the
+    called-off bits of all bimodal channels (at least 8), or that of the
+    bit's own channel when it is larger (a noisy channel is not promoted
+    more often than a clean one).
+    Rows whose called bits already are their brightest ones and satisfy the
+    constraint are unchanged.
+    """
+    lo, hi = bits_on
+    y = _contrast(values, channels, fits)
+    switchable = np.isfinite(y)
+    fixed_on = bits & ~switchable
+    scale = None
+    if dim_z is not None:
+        off = switchable & ~bits
+        pooled = _robust_scale(y[off]) if off.sum() >= 8 else np.nan
+        if pooled > 0:
+            # a channel noisier than the pool is judged on its own scatter
+            scale = np.array([max(pooled, _robust_scale(y[off[:, i], i])) for i in range(y.shape[1])])
+    out = bits.copy()
+    promoted = 0
     for row in range(len(bits)):
-        n_on = int(bits[row].sum())
-        if n_on < lo:
-            candidates = [j for j in np.argsort(-height[row], kind="stable")
-                          if not bits[row, j] and np.isfinite(height[row, j])]
-            for j in candidates[: lo - n_on]:
-                bits[row, j] = True
-                changed += 1
-        elif n_on > hi:
-            candidates = [j for j in np.argsort(height[row], kind="stable")
-                          if bits[row, j] and np.isfinite(height[row, j])]
-            for j in candidates[: n_on - hi]:
-                bits[row, j] = False
-                changed += 1
+        n = min(max(int(bits[row].sum()), lo), hi)
+        cols = np.flatnonzero(switchable[row])
+        order = cols[np.argsort(-y[row, cols], kind="stable")]
+        n_sw = min(max(n - int(fixed_on[row].sum()), 0), order.size)
+        if scale is not None and n < hi and n_sw < order.size:
+            nxt = order[n_sw]
+            if y[row, nxt] / scale[nxt] >= dim_z:
+                n_sw += 1
+                promoted += 1
+        out[row] = fixed_on[row]
+        out[row, order[:n_sw]] = True
+    changed = int((out != bits).any(axis=1).sum())
     if changed:
-        log.info("barcodes: %d bits switched to respect bits_on=%s", changed, list(bits_on))
-    return bits
+        log.info("barcodes: %d calls changed to respect bits_on=%s (%d with a dim bit promoted by dim_z=%s)",
+                 changed, list(bits_on), promoted, dim_z)
+    return out
 
 
 def call_barcodes(neurons: pd.DataFrame, barcode_channels: Sequence[str],
@@ -509,7 +569,7 @@ def call_barcodes(neurons: pd.DataFrame, barcode_channels: Sequence[str],
     post, fits = channel_posteriors(values, channels, config.mixture, sizes)
     bits = post > 0.5
     if config.bits_on is not None and len(values):
-        bits = _enforce_weight(bits, values, channels, fits, config.bits_on)
+        bits = _enforce_weight(bits, values, channels, fits, config.bits_on, config.dim_z)
     for i, c in enumerate(channels):
         out[f"p_{c}"] = post[:, i]
     out["barcode"] = ["".join("1" if b else "0" for b in row) for row in bits]

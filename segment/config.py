@@ -52,6 +52,20 @@ class SegmentConfig(StrictModel):
     deconvolution_acceleration : {"nesterov", "none"}
         Momentum schedule of the iterations (see :func:`segment.kernels.deconvolve`);
         ``nesterov`` separates codes in 16 iterations better than plain Richardson-Lucy in 30.
+    deconvolution_method : {"richardson-lucy", "wiener"}
+        ``richardson-lucy``: ``deconvolution_iterations`` (accelerated)
+        Richardson-Lucy iterations from the observation. ``wiener``: one
+        Wiener / Tikhonov inverse filter of the Gaussian PSF (a DCT per channel
+        and block, about the cost of four Gaussian blurs), clipped to be
+        positive, then ``deconvolution_iterations`` Richardson-Lucy iterations
+        refining it (0: the Wiener estimate alone). See
+        :func:`segment.kernels.deconvolve` and BENCHMARKS.md for the measured
+        quality and speed of both. The Wiener filter reaches further than the
+        PSF: keep ``halo`` at least 6 PSF sigmas (the default halo is).
+    wiener_balance : float
+        Regularisation ``lambda`` of the Wiener filter ``H / (H^2 + lambda)``
+        (noise-to-signal power; > 0, at most 1): smaller deconvolves more
+        sharply and amplifies noise more (peak gain ``1 / (2 sqrt(lambda))``).
     sigma_unit : {"voxel", "physical"}
         ``physical`` divides the sigmas by the volume's voxel size.
     norm_percentiles : (low, high)
@@ -173,6 +187,8 @@ class SegmentConfig(StrictModel):
     psf_sigma: Triple = (1.5, 1.5, 1.5)
     deconvolution_iterations: int = Field(default=16, ge=0)
     deconvolution_acceleration: Literal["nesterov", "none"] = "nesterov"
+    deconvolution_method: Literal["richardson-lucy", "wiener"] = "richardson-lucy"
+    wiener_balance: float = Field(default=0.003, gt=0, le=1)
     sigma_unit: Literal["voxel", "physical"] = "voxel"
     norm_percentiles: tuple[float, float] = (1.0, 99.5)
     sample_voxels: int = Field(default=2**23, ge=1000)

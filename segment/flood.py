@@ -55,19 +55,55 @@ def quantise(landscape, mask, levels: int = 256):
     return xp.clip(q, 0, int(levels) - 1).astype(dtype)
 
 
-def _neighbour_max(labels, xp):
-    """Largest label among the 6 face neighbours of every voxel (0 outside the array)."""
-    best = xp.zeros_like(labels)
-    for axis in range(labels.ndim):
-        n = labels.shape[axis]
-        if n < 2:
-            continue
-        lo = [slice(None)] * labels.ndim
-        hi = [slice(None)] * labels.ndim
-        lo[axis], hi[axis] = slice(0, n - 1), slice(1, n)
-        lo, hi = tuple(lo), tuple(hi)
-        xp.maximum(best[lo], labels[hi], out=best[lo])
-        xp.maximum(best[hi], labels[lo], out=best[hi])
+# One CUDA kernel for the gather step on CuPy arrays (the same arithmetic as
+# _gather_generic, fused into one pass over the candidates). Built on first use.
+_GATHER_SOURCE = r"""
+long long r = idx;
+const long long x = r % nx; r /= nx;
+const long long y = r % ny;
+const long long z = r / ny;
+const long long sy = nx, sz = nx * ny;
+L best = 0;
+if (x > 0)      { L v = labels[idx - 1];  if (v > best && (int)q[idx - 1] <= level) best = v; }
+if (x < nx - 1) { L v = labels[idx + 1];  if (v > best && (int)q[idx + 1] <= level) best = v; }
+if (y > 0)      { L v = labels[idx - sy]; if (v > best && (int)q[idx - sy] <= level) best = v; }
+if (y < ny - 1) { L v = labels[idx + sy]; if (v > best && (int)q[idx + sy] <= level) best = v; }
+if (z > 0)      { L v = labels[idx - sz]; if (v > best && (int)q[idx - sz] <= level) best = v; }
+if (z < nz - 1) { L v = labels[idx + sz]; if (v > best && (int)q[idx + sz] <= level) best = v; }
+out = best;
+"""
+_gather_kernel = None
+
+
+def _gather_cupy(candidates, labels, q, level, shape):
+    global _gather_kernel
+    import cupy
+
+    if _gather_kernel is None:
+        _gather_kernel = cupy.ElementwiseKernel(
+            "int64 idx, raw L labels, raw Q q, int32 level, int64 nz, int64 ny, int64 nx", "L out",
+            _GATHER_SOURCE, "connectome_flood_gather")
+    out = cupy.empty(candidates.shape, dtype=labels.dtype)
+    nz, ny, nx = shape
+    return _gather_kernel(candidates, labels, q, np.int32(level), nz, ny, nx, out)
+
+
+def _gather_generic(candidates, labels, q, level, shape):
+    """Largest label among each candidate's face neighbours that are at or below ``level``.
+
+    ``labels`` and ``q`` are flat; ``candidates`` are flat indices into them.
+    """
+    xp = array_module(labels)
+    best = xp.zeros(candidates.shape, dtype=labels.dtype)
+    coords = xp.unravel_index(candidates, shape)
+    stride = 1
+    for axis in range(len(shape) - 1, -1, -1):
+        c = coords[axis]
+        for step, inside in ((-stride, c > 0), (stride, c < shape[axis] - 1)):
+            j = xp.where(inside, candidates + step, candidates)
+            v = xp.where(inside & (q[j] <= level), labels[j], 0)
+            xp.maximum(best, v, out=best)
+        stride *= shape[axis]
     return best
 
 
@@ -108,18 +144,28 @@ def flood(landscape, markers, mask=None, *, levels: int = 256, max_sweeps: int |
         q = landscape
     else:
         q = quantise(landscape, mask, levels)
-    labels = xp.where(mask, markers, 0).astype(markers.dtype)
+    labels = xp.where(mask, markers, 0).astype(markers.dtype).ravel()
+    q = xp.ascontiguousarray(q).ravel()
     limit = int(max_sweeps) if max_sweeps is not None else int(labels.size)
-    present = xp.unique(q[mask]) if labels.size else xp.zeros(0, dtype=q.dtype)
+    # The voxels still to label: masked and unlabelled. Only they are visited,
+    # and each sweep drops the ones it labels, so a sweep costs the candidates
+    # left, not the volume (a speck flood has few).
+    candidates = xp.flatnonzero(mask.ravel() & (labels == 0))
+    gather = _gather_generic
+    if xp is not np and labels.ndim == 1 and len(markers.shape) == 3:
+        gather = _gather_cupy
+    present = xp.unique(q[mask.ravel()]) if labels.size else xp.zeros(0, dtype=q.dtype)
     for level in (int(v) for v in (present.get() if hasattr(present, "get") else present)):
-        below = q <= level
         for _ in range(limit):
+            if candidates.size == 0:
+                break
             # Labelled voxels at or below the level are "popped": they claim every
             # unlabelled masked neighbour, whatever its level (as the queue labels a
             # voxel when it is pushed); claimed voxels at or below the level go on.
-            grow = _neighbour_max(xp.where(below, labels, 0), xp)
-            fresh = mask & (labels == 0) & (grow > 0)
+            grown = gather(candidates, labels, q, level, markers.shape)
+            fresh = grown > 0
             if not bool(fresh.any()):
                 break
-            labels = xp.where(fresh, grow, labels)
-    return labels
+            labels[candidates[fresh]] = grown[fresh]
+            candidates = candidates[~fresh]
+    return labels.reshape(markers.shape)

@@ -194,3 +194,68 @@ def test_annotate_neurons_by_role():
     out = annotate_neurons(neurons, channels, cell_types=RULES)
     assert out["cell_type"].tolist()[:8] == typed["truth"].tolist()[:8]
     assert out["barcode"].str.len().eq(4).all()
+
+
+def _coded_neurons(n=32, k=8, seed=0):
+    """Constant-weight codes (3 or 4 of k bits); channel bc00's off level scatters more than the others."""
+    rng = np.random.default_rng(seed)
+    codes = np.zeros((n, k), bool)
+    for i in range(n):
+        codes[i, rng.choice(k, 3 + i % 2, replace=False)] = True
+    off = 150.0 * np.exp(rng.normal(0.0, 0.03, (n, k)))
+    off[:, 0] = 150.0 * np.exp(rng.uniform(-0.15, 0.15, n))
+    values = np.where(codes, 600.0 * rng.uniform(0.7, 1.3, (n, k)), off)
+    return codes, values
+
+
+def _table(values):
+    names = [f"bc{i:02d}" for i in range(values.shape[1])]
+    neurons = pd.DataFrame({f"mean_{c}": values[:, i] for i, c in enumerate(names)})
+    neurons.insert(0, "neuron_id", np.arange(1, len(values) + 1, dtype=np.uint64))
+    return neurons, names
+
+
+def _strings(codes):
+    return ["".join("1" if b else "0" for b in row) for row in codes]
+
+
+def test_dim_bit_is_promoted_with_low_confidence():
+    codes, values = _coded_neurons()
+    codes[0] = False
+    codes[0, [0, 2, 4, 6]] = True
+    values[0] = np.where(codes[0], 600.0, 150.0)
+    values[0, 0] = 150.0 + 0.2 * 450.0  # bc00 dropped out to ~20 % of the on-off contrast
+    neurons, names = _table(values)
+    before = call_barcodes(neurons, names, BarcodeConfig(bits_on=(3, 4), dim_z=None))
+    assert before["barcode"][0] == "00101010"  # a valid 3-bit code, but the dim bit is lost
+    out = call_barcodes(neurons, names, BarcodeConfig(bits_on=(3, 4)))
+    assert out["barcode"].tolist() == _strings(codes)  # the noisy channel's off bits are not promoted
+    assert out["p_bc00"][0] < 0.5  # the channel posterior is kept...
+    assert out["barcode_confidence"][0] < 0.5 < out["barcode_confidence"][1:].min()  # ...and shows in the confidence
+
+
+def test_brighter_off_bit_swaps_with_a_dimmer_on_bit():
+    codes, values = _coded_neurons(seed=1)
+    codes[0] = False
+    codes[0, [1, 2, 3, 4]] = True
+    values[0] = np.where(codes[0], 600.0, 150.0)
+    values[0, 4] = 150.0 + 0.25 * 450.0  # a dropped-out bit in bc04
+    values[0, 5] = 150.0 * np.exp(0.2)  # bc05 a little above its tight off level
+    neurons, names = _table(values)
+    before = call_barcodes(neurons, names, BarcodeConfig(bits_on=(3, 4), dim_z=None))
+    out = call_barcodes(neurons, names, BarcodeConfig(bits_on=(3, 4)))
+    assert out["barcode"][0] == "01111000"
+    assert before["p_bc05"][0] > 0.5 and before["barcode"][0] != "01111000"
+    assert out["barcode"].tolist() == _strings(codes)
+
+
+def test_bits_on_leaves_clean_calls_unchanged():
+    codes, values = _coded_neurons(seed=2)
+    values[:, 0] = np.where(codes[:, 0], values[:, 0], 150.0 * np.exp(np.linspace(-0.03, 0.03, len(values))))
+    neurons, names = _table(values)
+    plain = call_barcodes(neurons, names, BarcodeConfig())
+    constrained = call_barcodes(neurons, names, BarcodeConfig(bits_on=(3, 4)))
+    assert plain["barcode"].tolist() == _strings(codes) == constrained["barcode"].tolist()
+    assert np.allclose(plain["barcode_confidence"], constrained["barcode_confidence"])
+    with pytest.raises(Exception):
+        BarcodeConfig(dim_z=0.0)

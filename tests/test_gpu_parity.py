@@ -94,3 +94,16 @@ def test_a_whole_run_on_the_gpu_matches_the_cpu(cp, tmp_path):
     assert n_neurons[gpu_run] == n_neurons[cpu_run]
     n_synapses = {run: len(pd.read_parquet(run / "synapses.parquet")) for run in (cpu_run, gpu_run)}
     assert abs(n_synapses[gpu_run] - n_synapses[cpu_run]) <= max(1, 0.05 * n_synapses[cpu_run]), n_synapses
+
+
+def test_label_sums_on_the_gpu_match_the_cpu(cp):
+    from graph.measure import label_sums
+
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 40, (24, 64, 64)).astype(np.uint32)
+    channels = (rng.random((4, 24, 64, 64)) * 1000).astype(np.float32)
+    gpu = label_sums(cp.asarray(labels), cp.asarray(channels), offset=(1, 2, 3))
+    cpu = label_sums(labels, channels, offset=(1, 2, 3))
+    for column in cpu.columns:
+        np.testing.assert_allclose(gpu[column].to_numpy(np.float64), cpu[column].to_numpy(np.float64),
+                                   rtol=1e-7, err_msg=column)

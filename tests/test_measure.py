@@ -96,3 +96,19 @@ def test_label_sums_offset_and_errors():
     empty = reduce_label_sums([label_sums(np.zeros((2, 2, 2), np.uint8), np.full((1, 2, 2, 2), 3))], ["a"])
     assert empty.empty and "mean_a" in empty.columns
     assert empty.attrs["background"] == {"a": 3.0} and empty.attrs["background_voxels"] == 8
+
+
+def test_array_program_path_equals_the_cpu_path():
+    # the whole-array steps CuPy runs (sorted segmented sums), checked on NumPy
+    from graph.measure import _label_sums_array, _label_sums_cpu
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 30, (20, 40, 40)).astype(np.uint32)
+    labels[labels == 5] = 0
+    channels = (rng.random((3, 20, 40, 40)) * 1000).astype(np.float32)
+    ours = _label_sums_array(labels, channels, (3, 4, 5))
+    reference = _label_sums_cpu(labels, channels, (3, 4, 5))
+    assert list(ours.columns) == list(reference.columns)
+    for column in reference.columns:
+        np.testing.assert_allclose(ours[column].to_numpy(np.float64), reference[column].to_numpy(np.float64),
+                                   rtol=1e-9, err_msg=column)

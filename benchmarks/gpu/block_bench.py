@@ -90,12 +90,7 @@ def chain(xp, fill, barcodes, codebook, sync):
         state["puncta"] = detect_puncta(barcodes[0], PunctaConfig(), noise=1.0)
 
     def measure():
-        labels = state["labels"]
-        if xp is np:
-            state["sums"] = label_sums(labels, barcodes)
-        else:  # per-label sums on the device: one bincount per channel
-            flat = labels.ravel().astype(xp.int64)
-            state["sums"] = [xp.bincount(flat, weights=barcodes[c].ravel()) for c in range(barcodes.shape[0])]
+        state["sums"] = label_sums(state["labels"], barcodes)
 
     steps = {"normalise": normalise, "deconvolve": deconvolve, "evidence": evidence, "codebook labels": codes,
              "flood specks": flood, "connected pieces": pieces, "puncta (1 channel)": puncta,

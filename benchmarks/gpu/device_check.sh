@@ -8,7 +8,8 @@
 #   2. the per-block chain on CPU and GPU side by side (benchmarks/gpu/block_bench.py), then a
 #      bigger block on the GPU alone (data on the device, the end-to-end Gvox/s);
 #   3. the sample workflow on CPU and on GPU (benchmarks/gpu/workflow_bench.py): stage times,
-#      evaluation, and how far the GPU labels are from the CPU labels.
+#      evaluation, and how far the GPU labels are from the CPU labels; then the GPU run again
+#      in-process under cProfile (where its time goes).
 # Logs go to $OUT (the device tool brings them back).
 set -uo pipefail
 OUT=${OUT:-$(mktemp -d)}
@@ -31,3 +32,5 @@ step 200 gpu_tests python3 -m pytest -q -m gpu -p no:cacheprovider -rs $files
 step 120 block_bench python3 -m benchmarks.gpu.block_bench --shape 64,256,256 --repeats 3
 step 60 block_bench_big python3 -m benchmarks.gpu.block_bench --shape 64,256,256 --tile 4,2,2 --gpu-only --repeats 5
 step 180 workflow_bench python3 -m benchmarks.gpu.workflow_bench --out /tmp/gpu_workflow
+# Where the GPU run's time goes: in-process (synchronous scheduler), the functions with the most own time.
+step 150 workflow_profile python3 -m benchmarks.gpu.workflow_bench --out /tmp/gpu_workflow --devices gpu --profile 30

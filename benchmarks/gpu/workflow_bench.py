@@ -20,9 +20,11 @@ gets no row.
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import logging
 import os
+import pstats
 import shutil
 import time
 from pathlib import Path
@@ -41,12 +43,12 @@ METRICS = ("voi_split", "voi_merge", "arand", "synapse_f1", "partner_accuracy", 
 
 
 def workflow_for(base: WorkflowConfig, sample_dir: Path, sample_fields: dict, run_dir: Path, device: str,
-                 n_workers: int) -> WorkflowConfig:
+                 n_workers: int, scheduler: str = "local") -> WorkflowConfig:
     """The sample workflow on ``device`` writing ``run_dir`` ."""
     data = base.model_dump(mode="json")
     data["input"] = {"sample": {"path": str(sample_dir), "config": sample_fields}, "truth": str(sample_dir)}
     data["output"] = str(run_dir)
-    data["compute"].update(device=device, scheduler="local", n_workers=n_workers, threads_per_worker=1)
+    data["compute"].update(device=device, scheduler=scheduler, n_workers=n_workers, threads_per_worker=1)
     return validate_config(WorkflowConfig, data, source="benchmarks.gpu.workflow_bench")
 
 
@@ -75,6 +77,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--devices", nargs="+", choices=("cpu", "gpu"), default=["cpu", "gpu"])
     parser.add_argument("--workflow", type=Path, default=Path("workflows/sample.yaml"))
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="run in-process (synchronous scheduler) under cProfile and print the N "
+                             "functions with the most own time, per device")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     fields = {"seed": args.seed}
@@ -93,10 +98,18 @@ def main(argv=None) -> int:
         run_dir = args.out / "runs" / f"{tag}_{device}"
         n_workers = (os.cpu_count() or 1) if device == "cpu" else 1
         shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run, not a resumed one
-        config = workflow_for(base, sample_dir, fields, run_dir, device, n_workers)
+        config = workflow_for(base, sample_dir, fields, run_dir, device, n_workers,
+                              scheduler="synchronous" if args.profile else "local")
+        profiler = cProfile.Profile() if args.profile else None
         started = time.perf_counter()
+        if profiler is not None:
+            profiler.enable()
         run_workflow(config, progress=False)
         wall = time.perf_counter() - started
+        if profiler is not None:
+            profiler.disable()
+            print(f"--- {device}: the {args.profile} functions with the most own time")
+            pstats.Stats(profiler).sort_stats("tottime").print_stats(args.profile)
         record = json.loads((run_dir / "run.json").read_text())
         rows[device] = {"wall": wall, "record": record, "metrics": evaluate_run(run_dir, sample_dir),
                         "labels": np.asarray(open_label_image(run_dir / "labels.zarr", "neurons")[:]),
