@@ -131,6 +131,9 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cpu", action="store_true", help="CPU only, even with a GPU")
     parser.add_argument("--gpu-only", action="store_true", help="no CPU baseline (for blocks too big to wait for)")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="after the timings, run the chain once more under cProfile and print the N "
+                             "functions with the most cumulative time (GPU when there is one)")
     parser.add_argument("--tile", default="1,1,1",
                         help="repeat the synthetic block Z,Y,X times (a big block without rendering one)")
     args = parser.parse_args(argv)
@@ -181,6 +184,21 @@ def main(argv=None) -> int:
         print(line)
     if "gpu" not in rows:
         print("GPU: not measured (no CUDA device visible to CuPy)")
+    if args.profile:
+        import cProfile
+        import pstats
+
+        if cp is not None:
+            steps = chain(cp, cp.asarray(fill), cp.asarray(barcodes), codebook, lambda: cp.cuda.Stream.null.synchronize())
+        else:
+            steps = chain(np, fill, barcodes, codebook, lambda: None)
+        profiler = cProfile.Profile()
+        profiler.enable()
+        for fn in steps.values():
+            fn()
+        profiler.disable()
+        print(f"--- {'GPU' if cp is not None else 'CPU'} chain: the {args.profile} functions with the most cumulative time")
+        pstats.Stats(profiler).sort_stats("cumulative").print_stats(args.profile)
     return 0
 
 

@@ -30,7 +30,7 @@ step() {  # step SECONDS LOGNAME COMMAND...: run with a timeout, keep the log, r
 files=$(grep -l "mark.gpu" tests/test_*.py)
 step 200 gpu_tests python3 -m pytest -q -m gpu -p no:cacheprovider -rs $files
 step 120 block_bench python3 -m benchmarks.gpu.block_bench --shape 64,256,256 --repeats 3
-step 60 block_bench_big python3 -m benchmarks.gpu.block_bench --shape 64,256,256 --tile 4,2,2 --gpu-only --repeats 5
+step 60 block_bench_big python3 -m benchmarks.gpu.block_bench --shape 64,256,256 --tile 4,2,2 --gpu-only --repeats 5 --profile 40
 step 180 workflow_bench python3 -m benchmarks.gpu.workflow_bench --out /tmp/gpu_workflow
 # Where the GPU run's time goes: in-process (synchronous scheduler), the functions with the most own time.
 step 150 workflow_profile python3 -m benchmarks.gpu.workflow_bench --out /tmp/gpu_workflow --devices gpu --profile 30
