@@ -86,6 +86,8 @@ def make_plan(volume: Volume, config: SegmentConfig, stats: dict) -> FragmentPla
         psf_sigma=config.sigma_voxels(volume.voxel_size, "psf_sigma"),
         deconvolution_iterations=config.deconvolution_iterations,
         deconvolution_acceleration=config.deconvolution_acceleration,
+        deconvolution_method=config.deconvolution_method,
+        wiener_balance=config.wiener_balance,
         membrane_weight=config.membrane_weight,
         fill_weight=config.fill_weight,
         seed_method=config.seed_method,

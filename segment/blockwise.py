@@ -112,6 +112,8 @@ class FragmentPlan:
     centroids: tuple = ()
     identity: tuple = ()
     despeckle_size: int = 0
+    deconvolution_method: str = "richardson-lucy"
+    wiener_balance: float = 0.003
 
     @property
     def uses_codebook(self) -> bool:
@@ -223,9 +225,10 @@ def block_evidence(raw, plan: FragmentPlan):
         The normalised (and deconvolved) barcodes before smoothing.
     """
     fill, barcodes, membrane = _normalised_inputs(raw, plan)
-    if barcodes is not None and plan.deconvolution_iterations > 0:
+    if barcodes is not None and (plan.deconvolution_iterations > 0 or plan.deconvolution_method == "wiener"):
         barcodes = kernels.deconvolve(barcodes, plan.psf_sigma, plan.deconvolution_iterations,
-                                      acceleration=plan.deconvolution_acceleration)
+                                      acceleration=plan.deconvolution_acceleration,
+                                      method=plan.deconvolution_method, balance=plan.wiener_balance)
     ev = kernels.compute_evidence(
         fill, barcodes, membrane, sigma=plan.sigma, barcode_sigma=plan.barcode_sigma,
         threshold=plan.threshold, barcode_weight=plan.barcode_weight, barcode_floor=plan.barcode_floor,

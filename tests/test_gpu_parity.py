@@ -45,8 +45,10 @@ def scene():
 def test_deconvolution_on_the_gpu_matches_the_cpu(cp, scene):
     config = SegmentConfig()
     barcodes = scene[1:7]
-    cpu = kernels.deconvolve(barcodes, config.psf_sigma, config.deconvolution_iterations)
-    gpu = kernels.deconvolve(cp.asarray(barcodes), config.psf_sigma, config.deconvolution_iterations)
+    cpu = kernels.deconvolve(barcodes, config.psf_sigma, config.deconvolution_iterations,
+                             method=config.deconvolution_method)
+    gpu = kernels.deconvolve(cp.asarray(barcodes), config.psf_sigma, config.deconvolution_iterations,
+                             method=config.deconvolution_method)
     assert isinstance(gpu, cp.ndarray)
     np.testing.assert_allclose(cp.asnumpy(gpu), cpu, atol=1e-3 * float(cpu.max()))
 

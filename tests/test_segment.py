@@ -70,6 +70,84 @@ def test_deconvolve_sharpens_a_blurred_point_and_keeps_zero_iterations():
     assert abs(float(sharp.sum()) - float(blurred.sum())) < 0.05 * float(blurred.sum())
 
 
+def _two_slabs(sigma=1.5):
+    """Channel 0 on z 3..7, channel 1 on z 8..12 (touching neurites along z), blurred by the PSF."""
+    truth = np.zeros((2, 16, 24, 24), np.float32)
+    truth[0, 3:8, 4:20, 4:20] = 1.0
+    truth[1, 8:13, 4:20, 4:20] = 1.0
+    return truth, ndi.gaussian_filter(truth, (0, sigma, sigma, sigma)) + 1e-3
+
+
+@pytest.mark.parametrize("method, iterations", [("richardson-lucy", 16), ("binned-richardson-lucy", 24),
+                                                ("wiener", 0), ("wiener", 4)])
+def test_deconvolution_methods_unmix_touching_codes(method, iterations):
+    truth, blurred = _two_slabs()
+    out = kernels.deconvolve(blurred, (1.5, 1.5, 1.5), iterations, method=method)
+    assert out.shape == blurred.shape and out.dtype == np.float32 and float(out.min()) >= 0
+
+    def crosstalk(x):      # channel 0's share of the barcode signal inside slab 1 (near the contact)
+        return float(x[0, 8:10, 8:16, 8:16].sum() / x[:, 8:10, 8:16, 8:16].sum())
+
+    def error(x):
+        return float(np.abs(x - truth)[:, 2:14, 6:18, 6:18].mean())
+
+    assert crosstalk(out) < 0.8 * crosstalk(blurred), (method, crosstalk(out), crosstalk(blurred))
+    assert error(out) < error(blurred), (method, error(out), error(blurred))
+
+
+@pytest.mark.parametrize("method, iterations", [("binned-richardson-lucy", 24), ("wiener", 0)])
+def test_cheap_deconvolutions_are_block_local_within_a_halo_of_eight_sigmas(method, iterations):
+    rng = np.random.default_rng(3)
+    truth = np.zeros((2, 48, 64, 64), np.float32)
+    for c in range(2):
+        truth[c][tuple(rng.integers(0, (48, 64, 64), size=(150, 3)).T)] = 5.0
+    blurred = ndi.gaussian_filter(ndi.gaussian_filter(truth, (0, 1, 1, 1)), (0, 1.5, 1.5, 1.5)) + 1e-3
+    whole = kernels.deconvolve(blurred, (1.5, 1.5, 1.5), iterations, method=method)
+    halo = 12                              # 8 PSF sigmas; even, so the (y, x) bins line up
+    core = (slice(None), slice(16, 32), slice(24, 40), slice(24, 40))
+    read = (slice(None), slice(16 - halo, 32 + halo), slice(24 - halo, 40 + halo), slice(24 - halo, 40 + halo))
+    block = kernels.deconvolve(blurred[read], (1.5, 1.5, 1.5), iterations, method=method)
+    inner = (slice(None),) + (slice(halo, halo + 16),) * 3
+    assert float(np.abs(block[inner] - whole[core]).max()) < 2e-3 * float(whole.max())
+
+
+def test_binned_upsampling_is_linear_interpolation_and_deconvolve_rejects_bad_parameters():
+    rng = np.random.default_rng(0)
+    a = rng.random((2, 3, 5, 7)).astype(np.float32)
+    ref = ndi.zoom(a, (1, 1, 2, 1), order=1, mode="nearest", grid_mode=True)
+    np.testing.assert_allclose(kernels._upsample2(a, 2), ref, atol=1e-6)
+    odd = rng.random((1, 6, 13, 11)).astype(np.float32)      # odd (y, x): reflect-extended, cropped back
+    assert kernels.deconvolve(odd, (1.5, 1.5, 1.5), 3, method="binned-richardson-lucy").shape == odd.shape
+    assert kernels.deconvolve(odd, (1.5, 1.5, 1.5), 0, method="wiener").shape == odd.shape
+    assert kernels.deconvolve(odd, (1.5, 1.5, 1.5), 0, method="binned-richardson-lucy") is odd
+    with pytest.raises(ValueError, match="method"):
+        kernels.deconvolve(odd, (1.5, 1.5, 1.5), 3, method="lucy")
+    with pytest.raises(ValueError, match="balance"):
+        kernels.deconvolve(odd, (1.5, 1.5, 1.5), 0, method="wiener", balance=0.0)
+    with pytest.raises(ValueError, match="iterations"):
+        kernels.deconvolve(odd, (1.5, 1.5, 1.5), -1)
+    with pytest.raises(ValueError, match="balance"):
+        kernels.wiener_filter((4, 4, 4), (1.5, 1.5, 1.5), -1.0)
+    assert SegmentConfig().deconvolution_method in kernels.DECONVOLUTION_METHODS
+    for bad in ({"deconvolution_method": "lucy"}, {"wiener_balance": 0}, {"wiener_balance": 2}):
+        with pytest.raises(ConfigError):
+            validate_config(SegmentConfig, bad, source="test")
+
+
+def test_gpu_deconvolution_methods_match_cpu():
+    cp = pytest.importorskip("cupy")
+    try:
+        if cp.cuda.runtime.getDeviceCount() < 1:
+            pytest.skip("no CUDA device")
+    except Exception:  # noqa: BLE001 - CUDA raises its own error types without a driver
+        pytest.skip("no CUDA device")
+    bc = np.random.default_rng(0).random((3, 8, 18, 22)).astype(np.float32)
+    for method, iterations in (("binned-richardson-lucy", 4), ("wiener", 0), ("wiener", 2)):
+        cpu = kernels.deconvolve(bc, (1.0, 1.5, 1.5), iterations, method=method)
+        gpu = kernels.deconvolve(cp.asarray(bc), (1.0, 1.5, 1.5), iterations, method=method)
+        np.testing.assert_allclose(cp.asnumpy(gpu), cpu, rtol=1e-3, atol=1e-4, err_msg=method)
+
+
 def test_seeded_watershed_labels_every_masked_voxel():
     mask = np.zeros((5, 20, 20), bool)
     mask[1:4, 2:8, 2:8] = True

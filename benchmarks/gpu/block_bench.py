@@ -68,7 +68,8 @@ def chain(xp, fill, barcodes, codebook, sync):
 
     def deconvolve():
         state["bc"] = kernels.deconvolve(state["norm"][1:], config.psf_sigma, config.deconvolution_iterations,
-                                         acceleration=config.deconvolution_acceleration)
+                                         acceleration=config.deconvolution_acceleration,
+                                         method=config.deconvolution_method, balance=config.wiener_balance)
 
     def evidence():
         state["ev"] = kernels.compute_evidence(state["norm"][0], state["bc"], None, sigma=config.sigma,
