@@ -150,6 +150,39 @@ def _sample_regions(volume: Volume, max_voxels: int) -> list[tuple[slice, slice,
     return regions
 
 
+def _percentiles(parts, percentiles) -> np.ndarray:
+    """``np.percentile`` (linear) of the values of all arrays in ``parts``, without concatenating them.
+
+    Unsigned integers of at most 16 bits go through a histogram: the two
+    order statistics around each percentile are read from the cumulative
+    counts; where they are equal that is ``np.percentile``'s value exactly,
+    otherwise the (sorted) values are rebuilt from the histogram and
+    ``np.percentile`` interpolates. Other dtypes: ``np.percentile`` of the
+    concatenated values.
+    """
+    q = np.asarray(list(percentiles), dtype=np.float64)
+    dtype = parts[0].dtype if parts else np.dtype(np.float64)
+    if not parts or dtype.kind != "u" or dtype.itemsize > 2 or any(p.dtype != dtype for p in parts):
+        return np.percentile(np.concatenate([p.ravel() for p in parts]), q)
+    counts = None
+    for part in parts:
+        h = np.bincount(part.ravel(), minlength=1 << (8 * dtype.itemsize))
+        counts = h if counts is None else counts + h
+    n = int(counts.sum())
+    if n == 0:
+        return np.percentile(np.zeros(0, dtype), q)
+    cum = np.cumsum(counts)
+    virtual = (n - 1) * np.true_divide(q, 100)
+    below = np.clip(np.floor(virtual).astype(np.intp), 0, n - 1)
+    above = np.clip(below + 1, 0, n - 1)
+    # value of the k-th smallest (0-based): first bin whose cumulative count exceeds k
+    v_lo = np.searchsorted(cum, below, side="right")
+    v_hi = np.searchsorted(cum, above, side="right")
+    if np.array_equal(v_lo, v_hi):
+        return v_lo.astype(np.float64)
+    return np.percentile(np.repeat(np.arange(len(counts), dtype=dtype), counts), q)
+
+
 def global_statistics(volume: Volume, channels: Sequence[int], fill: Sequence[int], *,
                       percentiles=(1.0, 99.5), sigma=(0.5, 1.0, 1.0), max_voxels: int = 2**23,
                       threshold_method: str = "otsu", threshold: float = 0.2,
@@ -171,27 +204,26 @@ def global_statistics(volume: Volume, channels: Sequence[int], fill: Sequence[in
 
     channels = sorted(set(int(c) for c in channels) | set(int(c) for c in fill))
     regions = _sample_regions(volume, max_voxels)
-    values = {c: [] for c in channels}
-    for region in regions:
-        data = volume.read(region, channels)
-        for i, c in enumerate(channels):
-            values[c].append(data[i].ravel())
+    # One read per region: the percentiles and the Otsu sample use the same data.
+    # Integer images of at most 16 bits are counted in histograms (exact order
+    # statistics, no copy of the sample); others keep every value.
+    reads = [volume.read(region, channels) for region in regions]
     lo, hi = {}, {}
-    for c in channels:
-        v = np.concatenate(values[c])
-        p = np.percentile(v, list(percentiles))
+    for i, c in enumerate(channels):
+        p = _percentiles([data[i] for data in reads], percentiles)
         lo[c], hi[c] = float(p[0]), float(p[1])
         if hi[c] <= lo[c]:
             hi[c] = lo[c] + 1.0
-    n_voxels = sum(len(v) for v in values[channels[0]])
-    del values
+    n_voxels = sum(int(data[0].size) for data in reads)
     otsu = None
     if threshold_method == "otsu":
+        fill_index = [channels.index(int(c)) for c in fill]
         smoothed = []
-        for region in regions:
-            data = volume.read(region, list(fill)).astype(np.float32)
+        for data in reads:
+            data = data[fill_index].astype(np.float32)
             norm = kernels.normalize(data, [lo[c] for c in fill], [hi[c] for c in fill]).mean(axis=0)
             smoothed.append(kernels.smooth(norm, sigma).ravel())
+        del reads
         s = np.concatenate(smoothed)
         otsu = float(threshold_otsu(s, nbins=512)) if np.ptp(s) > 0 else 0.5
         value = otsu * threshold_scale

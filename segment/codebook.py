@@ -252,8 +252,31 @@ def assign_codes(barcodes, centroids, identity, *, mask=None, floor: float = 0.0
     picked = barcodes[:, keep].astype(xp.float32, copy=False)
     labels = xp.zeros(barcodes.shape[1:], dtype=xp.uint32)
     # cosine up to the voxel's norm, which does not change the argmax
-    labels[keep] = ident[xp.argmax(cent @ picked, axis=0) + 1]
+    scores = cent @ picked
+    labels[keep] = ident[(xp.argmax(scores, axis=0) if xp is not np else _argmax_rows(scores)) + 1]
     return labels
+
+
+def _argmax_rows(scores: np.ndarray) -> np.ndarray:
+    """``np.argmax(scores, axis=0)`` of a C-contiguous (c, n) float array, by a running maximum.
+
+    NumPy's argmax over the non-contiguous axis 0 is slow; a pass per row over
+    contiguous memory gives the same indices (the first maximum wins: only a
+    strictly greater value moves it). Scores with NaN go to ``np.argmax``.
+    """
+    c, n = scores.shape
+    if c < 2 or n == 0:
+        return np.argmax(scores, axis=0) if n else np.zeros(0, np.intp)
+    best = scores[0].copy()
+    index = np.zeros(n, np.intp)
+    greater = np.empty(n, bool)
+    for i in range(1, c):
+        np.greater(scores[i], best, out=greater)
+        index[greater] = i
+        np.maximum(best, scores[i], out=best)
+    if np.isnan(best).any():            # np.maximum carries any NaN of a column to its end
+        return np.argmax(scores, axis=0)
+    return index
 
 
 def despeckle(labels, mask, landscape, min_size: int):

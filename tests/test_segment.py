@@ -349,3 +349,29 @@ def test_accelerated_deconvolution_sharpens_faster_and_rejects_unknown_schedules
                                   kernels.deconvolve(blurred, (1.5, 1.5, 1.5), 1, acceleration="none"))
     with pytest.raises(ValueError, match="acceleration"):
         kernels.deconvolve(blurred, (1.5, 1.5, 1.5), 3, acceleration="biggs")
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 16, 16), (2, 5, 7, 9), (1, 2, 1, 1), (2, 3, 2, 33), (8, 6, 36, 36)])
+def test_binning_is_the_float32_mean_of_each_2x2_bin_bit_for_bit(shape):
+    # _bin_yx adds each bin as (a00 + a01) + (a10 + a11) / 4 instead of NumPy's two-axis mean:
+    # the same float32 values, so the binned deconvolution is unchanged
+    rng = np.random.default_rng(7)
+    x = np.maximum(rng.random(shape, dtype=np.float32) * rng.choice([1e-3, 1.0, 4.0]), np.float32(1e-3))
+    padded = np.pad(x, [(0, 0), (0, 0), (0, shape[2] % 2), (0, shape[3] % 2)], mode="symmetric")
+    c, z, y, w = padded.shape
+    reference = padded.reshape(c, z, y // 2, 2, w // 2, 2).mean(axis=(3, 5), dtype=np.float32)
+    binned = kernels._bin_yx(x)
+    assert binned.dtype == np.float32
+    np.testing.assert_array_equal(binned, reference)
+
+
+@pytest.mark.parametrize("n_codes, n_voxels", [(1, 10), (2, 0), (3, 57), (24, 5000)])
+def test_assign_codes_argmax_equals_numpy_with_ties_and_nan(n_codes, n_voxels):
+    from segment.codebook import _argmax_rows
+
+    rng = np.random.default_rng(n_codes)
+    scores = np.round(rng.random((n_codes, n_voxels), dtype=np.float32) * 4) / 4   # many ties
+    np.testing.assert_array_equal(_argmax_rows(scores), np.argmax(scores, axis=0))
+    if n_voxels:
+        scores[rng.integers(n_codes), rng.integers(n_voxels)] = np.nan
+        np.testing.assert_array_equal(_argmax_rows(scores), np.argmax(scores, axis=0))

@@ -177,3 +177,54 @@ def test_empty_volume_gives_no_neurons(tmp_path):
     summary = segment_volume(vol, tmp_path / "run", SegmentConfig(**SMALL), grid=grid)
     assert summary["n_neurons"] == 0
     assert not zarr.open_array(summary["labels_path"], mode="r")[:].any()
+
+
+def _global_statistics_reference(volume, channels, fill, percentiles, sigma, max_voxels):
+    """The previous global_statistics: percentiles of the concatenated sample, fill read again for Otsu."""
+    from skimage.filters import threshold_otsu
+
+    from segment import kernels
+    from segment.blockwise import _sample_regions
+
+    channels = sorted(set(channels) | set(fill))
+    regions = _sample_regions(volume, max_voxels)
+    lo, hi = {}, {}
+    for i, c in enumerate(channels):
+        v = np.concatenate([volume.read(r, channels)[i].ravel() for r in regions])
+        p = np.percentile(v, list(percentiles))
+        lo[c], hi[c] = float(p[0]), float(p[1])
+        if hi[c] <= lo[c]:
+            hi[c] = lo[c] + 1.0
+    smoothed = []
+    for r in regions:
+        data = volume.read(r, list(fill)).astype(np.float32)
+        norm = kernels.normalize(data, [lo[c] for c in fill], [hi[c] for c in fill]).mean(axis=0)
+        smoothed.append(kernels.smooth(norm, sigma).ravel())
+    return lo, hi, float(threshold_otsu(np.concatenate(smoothed), nbins=512))
+
+
+@pytest.mark.parametrize("chunks, max_voxels", [((8, 32, 32), 2**23), ((8, 16, 32), 2**23), ((24, 64, 64), 2**23),
+                                                ((4, 16, 16), 6000), ((5, 24, 40), 2**23)])
+def test_global_statistics_equal_the_concatenated_percentiles(tmp_path, scene, chunks, max_voxels):
+    from segment.blockwise import global_statistics
+
+    volume = write_volume(tmp_path / "v.zarr", scene, chunks_zyx=chunks)
+    fill = volume.channels_with_role("fill")
+    channels = fill + volume.channels_with_role("barcode") + volume.channels_with_role("membrane")
+    got = global_statistics(volume, channels, fill, percentiles=(1.0, 99.5), sigma=(0.5, 1.0, 1.0),
+                            max_voxels=max_voxels)
+    lo, hi, otsu = _global_statistics_reference(volume, channels, fill, (1.0, 99.5), (0.5, 1.0, 1.0), max_voxels)
+    assert got["lo"] == lo and got["hi"] == hi and got["otsu"] == otsu
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.float32])
+def test_histogram_percentiles_equal_numpy(dtype):
+    from segment.blockwise import _percentiles
+
+    rng = np.random.default_rng(3)
+    for trial in range(60):
+        top = int(rng.choice([2, 40, 250] + ([5000, 60000] if dtype == np.uint16 else [])))
+        parts = [rng.integers(0, top + 1, size=int(rng.integers(1, 400))).astype(dtype)
+                 for _ in range(int(rng.integers(1, 4)))]
+        q = [(1.0, 99.5), (0.0, 100.0), (37.3, 50.0)][trial % 3]
+        np.testing.assert_array_equal(_percentiles(parts, q), np.percentile(np.concatenate(parts), q))
