@@ -34,9 +34,12 @@ a temporary folder, not timed) and times on that same volume:
     plain Zarr v3 write and read of the volume's bytes (all channels, same
     chunks, Zarr's default zstd codec, as the sample volume uses).
 ``rss``
-    the pipeline in a fresh subprocess per shape (same block shape), each
-    reporting its peak resident memory (``ru_maxrss``): out-of-core means the
-    ratio stays near 1 while the volume grows.
+    the pipeline in a fresh subprocess per shape (same block shape, synchronous:
+    the client and every block in that one process, no evaluation), each
+    reporting its peak resident memory (``VmHWM``; ``ru_maxrss`` where absent)
+    and the peak reached by the end of each step (``run.json``
+    ``peak_rss_mib``): out-of-core means the ratio stays near 1 while the
+    volume grows.
 
 Every timed function runs once untimed first (warm-up), then ``--repeats``
 times; the table gives the median. Throughput is in Mvox/s of *spatial*
@@ -439,7 +442,9 @@ def _rss_child(sample_dir: str, out: str, block_shape: str) -> int:
     run_workflow(_workflow_config(Path(sample_dir), Path(out), _shape(block_shape)), progress=False)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     hwm, maxrss = _vm_hwm_mib(), _peak_rss_mib()
+    steps = json.loads((Path(out) / "run.json").read_text()).get("peak_rss_mib", {})
     sys.stdout.write(json.dumps({
+        "peak_by_step_mib": steps,
         # VmHWM where available: ru_maxrss of a child starts at the parent's RSS (see _vm_hwm_mib)
         "peak_rss_mib": hwm if hwm is not None else maxrss,
         "import_rss_mib": hwm_before if hwm_before is not None else maxrss_before,
@@ -634,6 +639,9 @@ def format_table(report: dict) -> str:
         for r in rss["runs"]:
             lines.append(f"  {'x'.join(map(str, r['shape']))} ({r['mvox']:.1f} Mvox): peak {r['peak_rss_mib']:.0f} MiB "
                          f"(after imports {r['import_rss_mib']:.0f} MiB), run {r['wall_s']:.1f} s")
+            if r.get("peak_by_step_mib"):
+                lines.append("    peak so far after each step: " + ", ".join(
+                    f"{k} {v:.0f}" for k, v in r["peak_by_step_mib"].items()))
         if "peak_ratio" in rss:
             above = rss["above_imports_ratio"]
             lines.append(f"  volume x{rss['volume_ratio']:.2f} -> peak RSS x{rss['peak_ratio']:.2f}"

@@ -148,7 +148,7 @@ class EdgeTable:
 
 
 def proximity_links(fragments: FragmentTable, voxel_size, radius: float, *, min_size: int = 0,
-                    chunk: int = 2048) -> np.ndarray:
+                    chunk: int = 1 << 19) -> np.ndarray:
     """Pairs of fragments with the same codebook identity whose bounding boxes are within ``radius``.
 
     The gap between two boxes (0 when they overlap) is measured in physical
@@ -166,31 +166,64 @@ def proximity_links(fragments: FragmentTable, voxel_size, radius: float, *, min_
     min_size : int
         Fragments smaller than this are not linked (their identity is noise-prone).
     chunk : int
-        Rows compared at once (memory bound).
+        Box pairs compared at once (the memory bound: a few float64 arrays of
+        this many elements, whatever the number of fragments).
 
     Returns
     -------
     int64 (m, 2)
-        Index pairs ``i < j`` into the fragment table.
+        Index pairs ``i < j`` into the fragment table, sorted by identity,
+        then ``i``, then ``j``.
+
+    Notes
+    -----
+    The members of one identity are taken in order of their box's first z;
+    a run of them is compared only with the members whose z range can come
+    within ``radius`` of the run's (a conservative bound, the exact distance
+    decides). Memory stays at ``chunk`` pairs however many fragments one
+    identity has: comparing whole rows of an identity with all its members
+    (``rows x members x 3`` doubles) grew with the volume.
     """
     vs = np.asarray(voxel_size, dtype=np.float64)
     ident = fragments.identity
     eligible = (ident > 0) & (fragments.counts >= min_size)
+    limit = max(float(radius), 0.0)
+    # Only discards pairs whose z gap alone is clearly beyond the radius.
+    reach_z = limit * (1.0 + 1e-9) / vs[0] + 1e-9 if np.isfinite(limit) else np.inf
     pairs = []
     for g in np.unique(ident[eligible]):
         members = np.flatnonzero(eligible & (ident == g))
-        if len(members) < 2:
+        m = len(members)
+        if m < 2:
             continue
         lo = fragments.bbox_lo[members].astype(np.float64)
         hi = fragments.bbox_hi[members].astype(np.float64)
-        for start in range(0, len(members), chunk):
-            rows = slice(start, start + chunk)
-            gap = np.maximum(0.0, np.maximum(lo[rows, None, :] - hi[None, :, :], lo[None, :, :] - hi[rows, None, :]))
-            dist = np.sqrt(((gap * vs) ** 2).sum(axis=-1))
-            i, j = np.nonzero(dist <= max(radius, 0.0))
-            i = i + start
-            keep = i < j
-            pairs.append(np.stack([members[i[keep]], members[j[keep]]], axis=1))
+        by_z = np.argsort(lo[:, 0], kind="stable")
+        rows_per_run = max(1, int(chunk) // m)
+        found = []
+        for start in range(0, m, rows_per_run):
+            rows = by_z[start:start + rows_per_run]
+            near = np.flatnonzero((lo[:, 0] - hi[rows, 0].max() <= reach_z)
+                                  & (lo[rows, 0].min() - hi[:, 0] <= reach_z))
+            near = near[members[near] > members[rows].min()]      # only pairs i < j can survive
+            if len(near) == 0:
+                continue
+            d2 = np.zeros((len(rows), len(near)))
+            for axis in range(3):
+                gap = np.maximum(lo[rows, axis][:, None] - hi[near, axis][None, :],
+                                 lo[near, axis][None, :] - hi[rows, axis][:, None])
+                np.maximum(gap, 0.0, out=gap)
+                gap *= vs[axis]
+                gap *= gap
+                d2 += gap
+            np.sqrt(d2, out=d2)
+            i, j = np.nonzero(d2 <= limit)
+            a, b = members[rows[i]], members[near[j]]
+            keep = a < b
+            found.append(np.stack([a[keep], b[keep]], axis=1))
+        if found:
+            got = np.concatenate(found)
+            pairs.append(got[np.lexsort((got[:, 1], got[:, 0]))])
     if not pairs:
         return np.zeros((0, 2), np.int64)
     return np.concatenate(pairs).astype(np.int64)

@@ -23,14 +23,11 @@ import zarr
 
 from pipeline.errors import InputError, PipelineError
 from workflows.metrics import (
-    adapted_rand_error,
+    _non_negative,
     detection_scores,
     edge_scores,
     map_edges,
-    match_labels,
     match_points,
-    match_truth_labels,
-    variation_of_information,
 )
 
 __all__ = [
@@ -76,6 +73,166 @@ _SYNAPSE_COLUMNS = ("pre_neuron", "post_neuron", "pre_z", "pre_y", "pre_x", "pos
 
 class MissingOutputError(PipelineError, FileNotFoundError):
     """A run or sample directory lacks a file the evaluation needs."""
+
+
+#: Voxels of each label volume the evaluation reads at once (whole z planes, at
+#: least one); about 50 bytes per voxel of working memory.
+EVAL_SLAB_VOXELS = 1 << 20
+
+
+class _OverlapCounter:
+    """Voxel overlaps of two label volumes, accumulated slab by slab in raster order.
+
+    Holds what :mod:`workflows.metrics` derives from the whole arrays (so the
+    metrics come out bit for bit the same) without holding more than one slab:
+    per (segmentation, truth) pair its voxel count and the raster index of its
+    first voxel. The first indices give the first-appearance (``pd.factorize``)
+    order of labels and pairs over the truth-foreground voxels, which fixes the
+    order of the floating-point sums of the information metrics.
+    """
+
+    def __init__(self, seg_dtype, truth_dtype):
+        self.seg_dtype, self.truth_dtype = np.dtype(seg_dtype), np.dtype(truth_dtype)
+        self.pairs: dict[tuple, list[int]] = {}     # (seg id, truth id) -> [voxels, first raster index]
+        self.voxels = 0
+
+    def add(self, seg: np.ndarray, truth: np.ndarray) -> None:
+        """Count the next slab (the voxels that follow the previous slab in raster order)."""
+        s = seg.reshape(-1)
+        t = truth.reshape(-1)
+        offset, self.voxels = self.voxels, self.voxels + s.size
+        if s.size == 0:
+            return
+        key, s_ids = pd.factorize(s)
+        t_code, t_ids = pd.factorize(t)
+        n_t = len(t_ids)
+        key = key.astype(np.int64, copy=False)
+        key *= n_t
+        key += t_code
+        del t_code
+        codes, cells = pd.factorize(key)           # cells in order of first appearance
+        del key
+        counts = np.bincount(codes, minlength=len(cells)).tolist()
+        # codes grow by one at each new cell's first voxel
+        first = np.flatnonzero(np.diff(np.maximum.accumulate(codes)) > 0) + 1
+        first = ([0] + first.tolist()) if len(cells) else []
+        del codes
+        s_list, t_list = s_ids.tolist(), t_ids.tolist()
+        pairs = self.pairs
+        for cell, c, f in zip(np.asarray(cells, np.int64).tolist(), counts, first):
+            pair = (s_list[cell // n_t], t_list[cell % n_t])
+            found = pairs.get(pair)
+            if found is None:
+                pairs[pair] = [c, offset + f]
+            else:
+                found[0] += c
+
+    def table(self) -> tuple[int, int, np.ndarray, np.ndarray, np.ndarray]:
+        """``(n_seg, n_truth, seg_code, truth_code, count)`` of the truth-foreground cells,
+        in the order :func:`workflows.metrics.contingency_table`'s internal table has them."""
+        fg = sorted((f, sid, tid, c) for (sid, tid), (c, f) in self.pairs.items() if tid != 0)
+        seg_code: dict = {}
+        truth_code: dict = {}
+        codes = [(seg_code.setdefault(sid, len(seg_code)), truth_code.setdefault(tid, len(truth_code)))
+                 for _, sid, tid, _ in fg]
+        n_s, n_t = len(seg_code), len(truth_code)
+        if not fg:
+            empty = np.zeros(0, np.int64)
+            return n_s, n_t, empty, empty, empty
+        codes = np.array(codes, dtype=np.int64).reshape(-1, 2)
+        count = np.array([c for *_, c in fg], dtype=np.int64)
+        if n_s * n_t <= max(1 << 22, 2 * int(count.sum())):
+            # metrics' dense path: cells in order of seg code * n_truth + truth code
+            order = np.argsort(codes[:, 0] * np.int64(n_t) + codes[:, 1], kind="stable")
+            codes, count = codes[order], count[order]
+        return n_s, n_t, codes[:, 0].copy(), codes[:, 1].copy(), count
+
+    def contingency(self, foreground_only: bool) -> pd.DataFrame:
+        """As :func:`workflows.metrics.contingency_table` on the whole arrays."""
+        items = [(k, v[0]) for k, v in self.pairs.items() if not foreground_only or k[1] != 0]
+        seg = np.array([k[0] for k, _ in items], dtype=self.seg_dtype)
+        truth = np.array([k[1] for k, _ in items], dtype=self.truth_dtype)
+        count = np.array([c for _, c in items], dtype=np.int64)
+        frame = pd.DataFrame({"segmentation": seg, "truth": truth, "count": count})
+        return frame.sort_values(["segmentation", "truth"], ignore_index=True)
+
+
+def _count_overlaps(seg_array, truth_array, slab_voxels: int = EVAL_SLAB_VOXELS) -> _OverlapCounter:
+    """Read both label volumes slab by slab (whole z planes) into an :class:`_OverlapCounter`."""
+    for name, arr in (("segmentation", seg_array), ("truth", truth_array)):
+        if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_):
+            raise InputError(f"{name} labels must be integers, got dtype {arr.dtype} with shape {arr.shape}")
+    counter = _OverlapCounter(seg_array.dtype, truth_array.dtype)
+    shape = tuple(seg_array.shape)
+    if len(shape) == 0 or 0 in shape:
+        return counter
+    plane = int(np.prod(shape[1:], dtype=np.int64))
+    planes = max(1, int(slab_voxels) // max(plane, 1))
+    chunk_z = int((getattr(seg_array, "chunks", None) or (1,))[0])
+    if planes > chunk_z:
+        planes -= planes % chunk_z
+    for z in range(0, shape[0], planes):
+        counter.add(np.asarray(seg_array[z:z + planes]), np.asarray(truth_array[z:z + planes]))
+    return counter
+
+
+def _information_metrics(counter: _OverlapCounter) -> tuple[float, float, float]:
+    """``voi_split, voi_merge, arand`` as :func:`workflows.metrics.variation_of_information`
+    and :func:`workflows.metrics.adapted_rand_error` compute them (truth background ignored)."""
+    n_s, n_t, seg_code, truth_code, count = counter.table()
+    n = count.sum()
+    if n == 0:
+        voi_split = voi_merge = 0.0
+    else:
+        p = count / n
+        p_seg = np.bincount(seg_code, weights=p, minlength=n_s)
+        p_truth = np.bincount(truth_code, weights=p, minlength=n_t)
+        voi_split = _non_negative(-np.sum(p * np.log2(p / p_truth[truth_code])))
+        voi_merge = _non_negative(-np.sum(p * np.log2(p / p_seg[seg_code])))
+    weights = count.astype(np.float64)
+    total = weights.sum()
+    seg_sizes = np.bincount(seg_code, weights=weights, minlength=n_s)
+    truth_sizes = np.bincount(truth_code, weights=weights, minlength=n_t)
+    both = float(weights @ weights - total)
+    denom = 0.5 * (float(seg_sizes @ seg_sizes - total) + float(truth_sizes @ truth_sizes - total))
+    arand = _non_negative(1.0 - both / denom if denom > 0 else 0.0)
+    return voi_split, voi_merge, arand
+
+
+def _match_labels(counter: _OverlapCounter) -> pd.Series:
+    """:func:`workflows.metrics.match_labels` of the whole arrays, from the overlap counts."""
+    table = counter.contingency(foreground_only=False)
+    preds = np.unique(table["segmentation"].to_numpy())
+    preds = preds[preds != 0]
+    fg = table[(table["truth"] != 0) & (table["segmentation"] != 0)]
+    best = (
+        fg.sort_values(["segmentation", "count", "truth"], ascending=[True, False, True])
+        .drop_duplicates("segmentation")
+        .set_index("segmentation")["truth"]
+    )
+    out = best.reindex(preds, fill_value=0).astype(counter.truth_dtype)
+    out.index = pd.Index(preds.astype(counter.seg_dtype), name="pred_label")
+    out.name = "truth_label"
+    return out
+
+
+def _match_truth_labels(counter: _OverlapCounter, min_overlap_fraction: float) -> pd.Series:
+    """:func:`workflows.metrics.match_truth_labels` of the whole arrays, from the overlap counts."""
+    if not (0.0 <= float(min_overlap_fraction) < 1.0):
+        raise ValueError(f"min_overlap_fraction must be in [0, 1), got {min_overlap_fraction!r}")
+    table = counter.contingency(foreground_only=True)
+    sizes = table.groupby("truth")["count"].sum()
+    fg = table[table["segmentation"] != 0]
+    best = fg.sort_values(
+        ["truth", "count", "segmentation"], ascending=[True, False, True]
+    ).drop_duplicates("truth")
+    truth_size = sizes.loc[best["truth"]].to_numpy()
+    accepted = best[best["count"].to_numpy() > min_overlap_fraction * truth_size]
+    out = accepted.set_index("truth")["segmentation"].reindex(sizes.index, fill_value=0)
+    out = out.astype(counter.seg_dtype)
+    out.index = pd.Index(sizes.index.to_numpy().astype(counter.truth_dtype), name="truth_label")
+    out.name = "pred_label"
+    return out
 
 
 def _required_paths(run_dir: Path, truth_dir: Path) -> dict[str, Path]:
@@ -178,9 +335,10 @@ def evaluate_run(
 ) -> dict:
     """Score a run directory against a sample directory's ground truth.
 
-    Both label volumes are loaded whole into memory: samples are small (up to
-    ~10 M voxels, i.e. ~160 MB for two uint64 arrays). Larger volumes would need
-    a block-wise contingency table.
+    The label volumes are read in slabs of whole z planes
+    (:data:`EVAL_SLAB_VOXELS` voxels each) into a contingency table of label
+    overlaps, so memory does not grow with the volume (only with the number of
+    overlapping label pairs); the metrics equal those of the whole arrays.
 
     Parameters
     ----------
@@ -259,8 +417,8 @@ def evaluate_run(
     run_json = json.loads(paths["run.json"].read_text())
     voxel_size = _voxel_size(run_json, paths["run.json"], truth_dir)
 
-    seg = zarr.open_array(str(paths["predicted labels"]), mode="r")[...]
-    truth = zarr.open_array(str(paths["truth labels"]), mode="r")[...]
+    seg = zarr.open_array(str(paths["predicted labels"]), mode="r")
+    truth = zarr.open_array(str(paths["truth labels"]), mode="r")
     if seg.shape != truth.shape:
         raise InputError(
             f"predicted labels {paths['predicted labels']} have shape {seg.shape} but "
@@ -268,10 +426,13 @@ def evaluate_run(
         )
     logger.info("evaluating %s against %s (%d voxels)", run_dir, truth_dir, seg.size)
 
-    voi_split, voi_merge = variation_of_information(seg, truth)
-    arand, _, _ = adapted_rand_error(seg, truth)
-    pred_to_truth = match_labels(seg, truth)
-    truth_to_pred = match_truth_labels(seg, truth, min_overlap_fraction=min_overlap_fraction)
+    # Slab by slab: memory is one slab of each volume plus the overlap table,
+    # whatever the volume size; the metrics equal those of the whole arrays.
+    overlaps = _count_overlaps(seg, truth)
+    voi_split, voi_merge, arand = _information_metrics(overlaps)
+    pred_to_truth = _match_labels(overlaps)
+    truth_to_pred = _match_truth_labels(overlaps, min_overlap_fraction)
+    del overlaps
 
     neuron_columns = ("neuron_id", "cell_type", "barcode")
     pred_neurons = _read_table(paths["predicted neurons"], neuron_columns, "predicted neuron")
