@@ -112,6 +112,16 @@ class SegmentConfig(StrictModel):
         Pure voxels (summed over all blocks) a code needs to enter the codebook.
     code_merge_distance : float
         Codes whose mean directions are closer than this are one identity.
+    code_split_distance : float
+        A code whose pure voxels' directions form two groups at least this far
+        apart (unit vectors) becomes two identities: two neurons that share a
+        binary code (a collision) but not their expression levels. 0 disables.
+        Keep it at or above ``code_merge_distance``.
+    code_split_separation : float
+        The two groups must also be two modes, not one spread cut in half:
+        Ashman's D along the axis through them at least this
+        (:func:`segment.codebook.split_code`; single-neuron codes measured
+        2.1–3.05, shared codes 3.7–7.5 on the bundled samples).
     link_radius : float
         Pieces of one codebook identity whose bounding boxes come within this
         physical distance (the volume's unit) are joined: long-range linking
@@ -210,6 +220,8 @@ class SegmentConfig(StrictModel):
     code_min_gap: float = Field(default=2.0, ge=1)
     code_min_support: int = Field(default=1000, ge=1)
     code_merge_distance: float = Field(default=0.2, ge=0)
+    code_split_distance: float = Field(default=0.2, ge=0)
+    code_split_separation: float = Field(default=3.4, gt=0)
     despeckle_size: int = Field(default=100, ge=0)
     link_radius: float = Field(default=2.0, ge=0)
     link_min_size: int = Field(default=20, ge=0)

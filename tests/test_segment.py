@@ -15,6 +15,7 @@ from segment.codebook import (
     despeckle,
     gap_codes,
     merge_code_statistics,
+    split_code,
 )
 from segment.config import SegmentConfig
 
@@ -203,6 +204,66 @@ def test_codebook_drops_mixtures_and_groups_near_codes():
     assert ident[0b10011] == ident[0b00011] != ident[0b01100]
     assert book.code_strings()[0] == "11000"
     assert codebook_from_statistics(stats, min_support=10_000).n_identities == 0
+
+
+def test_codebook_splits_a_code_shared_by_two_expression_levels():
+    # Two neurons with code 0b0111 but different levels (a collision), one neuron
+    # with code 0b1100 whose levels vary as much as noise: only the collision splits.
+    rng = np.random.default_rng(3)
+
+    def votes(levels, n, noise=0.03):
+        v = np.full((n, 4), 0.02) + rng.normal(0, noise, (n, 4))
+        v[:, :len(levels)] += np.asarray(levels) - 0.02
+        return np.clip(v, 1e-3, None)
+
+    first = votes([1.3, 0.7, 0.9], 900)
+    second = votes([0.6, 1.2, 1.1], 700)
+    alone = np.roll(votes([1.0, 1.0], 800, noise=0.06), 2, axis=1)   # code 0b1100
+    blocks = [code_statistics(np.concatenate([first[i::3], second[i::3], alone[i::3]])) for i in range(3)]
+    stats = merge_code_statistics(blocks)
+    book = codebook_from_statistics(stats, min_support=300, merge_distance=0.2, split_distance=0.2)
+    assert sorted(book.codes.tolist()) == [0b0111, 0b0111, 0b1100]
+    assert book.n_identities == 3
+    rows = np.flatnonzero(book.codes == 0b0111)
+    truth = np.stack([_unit_rows(np.array([[1.3, 0.7, 0.9, 0.02]]))[0], _unit_rows(np.array([[0.6, 1.2, 1.1, 0.02]]))[0]])
+    # each split centroid sits on one neuron's direction, the larger group first
+    np.testing.assert_allclose(book.centroids[rows], truth, atol=0.05)
+    assert book.support[rows[0]] > book.support[rows[1]]
+    # assign_codes then tells the two neurons apart voxel by voxel
+    labels = assign_codes(np.concatenate([first, second]).T.reshape(4, 1, 1, -1), book.centroids, book.identity)
+    first_ids, second_ids = labels.ravel()[:900], labels.ravel()[900:]
+    assert np.mean(first_ids == np.bincount(first_ids).argmax()) > 0.95
+    assert np.mean(second_ids == np.bincount(second_ids).argmax()) > 0.95
+    assert np.bincount(first_ids).argmax() != np.bincount(second_ids).argmax()
+    # disabled, or too far apart to count: one row per code, as before
+    assert sorted(codebook_from_statistics(stats, min_support=300, split_distance=0).codes.tolist()) == [0b0111, 0b1100]
+    assert len(codebook_from_statistics(stats, min_support=300, split_distance=0.9)) == 2
+
+
+def test_split_code_needs_two_real_groups():
+    rng = np.random.default_rng(0)
+    one = _unit_rows(np.array([1.0, 0.8, 0.9]) + rng.normal(0, 0.05, (500, 3)))
+    assert split_code(one, min_distance=0.2) is None
+    few = _unit_rows(np.array([[1.0, 0.0, 0.0]] * 29 + [[0.0, 1.0, 0.0]] * 10, dtype=float))
+    assert split_code(few, min_distance=0.2) is None                       # fewer than 40 samples
+    lopsided = _unit_rows(np.array([[1.0, 0.1, 0.1]] * 95 + [[0.1, 1.0, 0.1]] * 5, dtype=float))
+    assert split_code(lopsided, min_distance=0.2) is None                  # 5 % is not a neuron
+    # a smear (one channel's level varying evenly, e.g. with depth): far apart halves, no valley
+    t = np.linspace(0, 1, 400)[:, None]
+    smear = _unit_rows((1 - t) * np.array([1.0, 0.3, 0.5]) + t * np.array([0.3, 1.0, 0.5]))
+    assert split_code(smear + rng.normal(0, 0.01, smear.shape), min_distance=0.2) is None
+    # one Gaussian cloud stretched along one direction: cut in half, D < 3.4
+    blob = _unit_rows(np.array([1.0, 1.0, 1.0]) + rng.normal(0, 1, (500, 1)) * np.array([0.2, -0.2, 0.0])
+                      + rng.normal(0, 0.01, (500, 3)))
+    assert split_code(blob, min_distance=0.1) is None
+    two = _unit_rows(np.array([[1.0, 0.2, 0.2]] * 60 + [[0.2, 1.0, 0.2]] * 40, dtype=float))
+    centers, fractions = split_code(two, min_distance=0.2)
+    np.testing.assert_allclose(fractions, [0.6, 0.4])
+    np.testing.assert_allclose(centers[0], two[0], atol=1e-9)
+
+
+def _unit_rows(x):
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 def test_assign_codes_and_despeckle():
