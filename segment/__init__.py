@@ -235,6 +235,7 @@ def segment_volume(volume: Volume, run_dir, config: SegmentConfig | None = None,
             plan = dataclasses.replace(
                 plan, centroids=tuple(tuple(float(v) for v in row) for row in codebook.centroids),
                 identity=tuple(int(i) for i in codebook.identity), despeckle_size=config.despeckle_size,
+                despeckle_landscape=config.despeckle_landscape, refine_contacts=config.refine_contacts,
             )
         else:
             log.warning("%s: no barcode code found; using greedy agglomeration", volume.path)

@@ -38,7 +38,7 @@ import zarr
 from pipeline import Block, Volume, array_module, to_device, to_host
 
 from . import kernels
-from .codebook import assign_codes, code_statistics, despeckle
+from .codebook import assign_codes, code_statistics, despeckle, refine_contacts
 
 __all__ = [
     "FragmentPlan",
@@ -112,6 +112,8 @@ class FragmentPlan:
     centroids: tuple = ()
     identity: tuple = ()
     despeckle_size: int = 0
+    despeckle_landscape: str = "boundary"
+    refine_contacts: bool = False
     deconvolution_method: str = "richardson-lucy"
     wiener_balance: float = 0.003
 
@@ -363,7 +365,12 @@ def fragments_step(block: Block, *, plan: FragmentPlan, evidence_path: str, barc
     if plan.uses_codebook:
         labels = assign_codes(bc, np.asarray(plan.centroids), np.asarray(plan.identity),
                               mask=ev.foreground, floor=plan.code_floor)
-        labels = despeckle(labels, ev.foreground, ev.boundary, plan.despeckle_size)
+        landscape = ev.boundary
+        if plan.despeckle_landscape == "discontinuity" and ev.discontinuity is not None:
+            landscape = ev.discontinuity
+        labels = despeckle(labels, ev.foreground, landscape, plan.despeckle_size)
+        if plan.refine_contacts:
+            labels = refine_contacts(labels, bc, np.asarray(plan.centroids), np.asarray(plan.identity))
         identity_map = np.ascontiguousarray(to_host(labels[inner]))
         # Foreground that no identity reached (no usable barcode nearby) becomes
         # fragments of its own with identity 0.

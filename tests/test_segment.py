@@ -15,6 +15,7 @@ from segment.codebook import (
     despeckle,
     gap_codes,
     merge_code_statistics,
+    refine_contacts,
     split_code,
 )
 from segment.config import SegmentConfig
@@ -282,6 +283,34 @@ def test_assign_codes_and_despeckle():
     assert (clean[:, :, 5:] == 9).all()
 
 
+def test_refine_contacts_gives_flooded_contact_voxels_back_to_the_code_they_show():
+    # Two regions (identity 7 left, 9 right); flooding gave column x=5, whose
+    # barcode shows code 9, to identity 7.
+    cent = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    ident = [7, 9, 9]                       # identity 9 has two codes
+    bc = np.zeros((3, 3, 6, 10), np.float32)
+    bc[0, :, :, :5] = 1.0
+    bc[1, :, :, 5:] = 0.3                   # dim at the contact ...
+    bc[2, :, :, 5] = 0.4                    # ... and closest to 9's second code
+    bc[1, :, :, 6:] = 1.0
+    bc[:, 1, 3, 2] = [0.0, 1.0, 0.0]        # interior voxel pointing to 9: no 9 nearby, stays 7
+    bc[:, 1, 3, 5] = [0.4, 0.4, 0.0]        # a tie keeps the current label
+    labels = np.zeros((3, 6, 10), np.uint32)
+    labels[:, :, :6] = 7
+    labels[:, :, 6:] = 9
+    labels[0, 0, 9] = 0                     # unlabelled stays unlabelled
+    out = refine_contacts(labels, bc, cent, ident)
+    assert out.dtype == np.uint32 and out.shape == labels.shape
+    assert out[1, 3, 5] == 7 and (out[:, :, 5] == 9).sum() == 3 * 6 - 1   # the flooded column goes to 9
+    assert (out[:, :, :5] == 7).all()       # voxels that point to 7 stay
+    assert out[1, 3, 2] == 7 and out[0, 0, 9] == 0
+    assert (out[:, :, 6:][labels[:, :, 6:] > 0] == 9).all()
+    # nothing to do: no codes, or no contact
+    np.testing.assert_array_equal(refine_contacts(labels, bc, np.zeros((0, 3)), []), labels)
+    one = np.full((2, 2, 2), 3, np.uint32)
+    np.testing.assert_array_equal(refine_contacts(one, np.ones((3, 2, 2, 2), np.float32), cent, [1, 2, 3]), one)
+
+
 # -- edges and agglomeration ---------------------------------------------------
 def test_contact_edges_count_each_pair_once_across_blocks():
     rng = np.random.default_rng(1)
@@ -364,6 +393,8 @@ def test_proximity_links_respect_identity_and_distance():
 def test_config_defaults_and_validation():
     cfg = SegmentConfig()
     assert cfg.barcode_method == "codebook" and cfg.use_barcodes
+    # boundary voxels: flood specks on the barcode discontinuity, then re-decide contacts
+    assert cfg.despeckle_size == 50 and cfg.despeckle_landscape == "discontinuity" and cfg.refine_contacts
     assert SegmentConfig(sigma=2.0).sigma == (2.0, 2.0, 2.0)
     assert SegmentConfig(sigma_unit="physical", sigma=(0.4, 0.1, 0.1)).sigma_voxels((0.4, 0.1, 0.1)) == (1.0, 1.0, 1.0)
     with pytest.raises(ConfigError, match="barcode_weight"):
@@ -395,6 +426,11 @@ def test_gpu_kernels_match_cpu():
     np.testing.assert_allclose(cp.asnumpy(dec), kernels.deconvolve(bc, (1.0, 1.0, 1.0), 3), rtol=1e-3, atol=1e-4)
     labels = assign_codes(cp.asarray(bc), np.eye(3), [1, 2, 3], floor=0.0)
     np.testing.assert_array_equal(cp.asnumpy(labels), assign_codes(bc, np.eye(3), [1, 2, 3], floor=0.0))
+    cpu_labels = assign_codes(bc, np.eye(3), [1, 2, 3], floor=0.0)
+    cpu_labels[:, :, ::2] = 2               # a striped labelling: every voxel at a contact
+    np.testing.assert_array_equal(
+        cp.asnumpy(refine_contacts(cp.asarray(cpu_labels), cp.asarray(bc), np.eye(3), [1, 2, 3])),
+        refine_contacts(cpu_labels, bc, np.eye(3), [1, 2, 3]))
 
 
 def test_accelerated_deconvolution_sharpens_faster_and_rejects_unknown_schedules():
