@@ -226,11 +226,11 @@ def split_code(samples: np.ndarray, *, min_distance: float, min_fraction: float 
     second = x[np.argmax(((x - first) ** 2).sum(axis=1))]
     centers = np.stack([first, second])
     group = np.zeros(len(x), np.int64)
-    for _ in range(iterations):
+    for step in range(iterations):
         new = ((x[:, None, :] - centers[None]) ** 2).sum(axis=2).argmin(axis=1)
         if not (new == 0).any() or not (new == 1).any():
             return None
-        if np.array_equal(new, group) and _ > 0:
+        if step and np.array_equal(new, group):
             break
         group = new
         centers = np.stack([x[group == j].mean(axis=0) for j in (0, 1)])
