@@ -106,22 +106,6 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _vm_hwm_mib() -> float | None:
-    """Peak RSS of this process image from ``/proc/self/status`` (``VmHWM``), None where absent.
-
-    Unlike ``ru_maxrss`` it restarts at ``exec``: a subprocess's ``ru_maxrss``
-    starts at its parent's RSS at spawn time (Linux keeps the old high-water
-    mark across fork+exec), so a small child of a big parent reports the parent.
-    """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return None
-
-
 @contextlib.contextmanager
 def _quiet_stdout():
     """Silence writes to file descriptor 1 (waterz's C++ core prints its progress there)."""
@@ -435,17 +419,21 @@ def bench_zarr(sample_dir: Path, work: Path, repeats: int) -> dict:
 
 def _rss_child(sample_dir: str, out: str, block_shape: str) -> int:
     """Subprocess body: run the pipeline once, print peak RSS as one JSON line."""
-    from workflows.run import run_workflow  # import first so the baseline includes the libraries
+    # import first so the baseline includes the libraries
+    from workflows.run import peak_rss_mib, run_workflow
 
-    hwm_before, maxrss_before = _vm_hwm_mib(), _peak_rss_mib()
+    # VmHWM (workflows.run.peak_rss_mib) restarts at exec, unlike ru_maxrss: a subprocess's
+    # ru_maxrss starts at its parent's RSS at spawn time, so a small child of a big parent
+    # would report the parent.
+    hwm_before, maxrss_before = peak_rss_mib(), _peak_rss_mib()
     t0, c0 = time.perf_counter(), time.process_time()
     run_workflow(_workflow_config(Path(sample_dir), Path(out), _shape(block_shape)), progress=False)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    hwm, maxrss = _vm_hwm_mib(), _peak_rss_mib()
+    hwm, maxrss = peak_rss_mib(), _peak_rss_mib()
     steps = json.loads((Path(out) / "run.json").read_text()).get("peak_rss_mib", {})
     sys.stdout.write(json.dumps({
         "peak_by_step_mib": steps,
-        # VmHWM where available: ru_maxrss of a child starts at the parent's RSS (see _vm_hwm_mib)
+        # VmHWM where available: ru_maxrss of a child starts at the parent's RSS (see above)
         "peak_rss_mib": hwm if hwm is not None else maxrss,
         "import_rss_mib": hwm_before if hwm_before is not None else maxrss_before,
         "source": "VmHWM" if hwm is not None else "ru_maxrss",

@@ -259,7 +259,7 @@ def block_evidence(raw, plan: FragmentPlan):
         The normalised (and deconvolved) barcodes before smoothing.
     """
     fill, barcodes, membrane = _normalised_inputs(raw, plan)
-    if barcodes is not None and (plan.deconvolution_iterations > 0 or plan.deconvolution_method == "wiener"):
+    if barcodes is not None:  # deconvolve returns them unchanged when there is nothing to do
         barcodes = kernels.deconvolve(barcodes, plan.psf_sigma, plan.deconvolution_iterations,
                                       acceleration=plan.deconvolution_acceleration,
                                       method=plan.deconvolution_method, balance=plan.wiener_balance)
