@@ -1,4 +1,4 @@
-"""Per-neuron measurements, blockwise: size, centroid, bounding box, channel means.
+"""Per-neuron measurements, blockwise: size, centroid, bounding box, channel means and quantiles.
 
 Each block reads its write region of the labels and of every channel and
 returns a small table of per-label *sums* (voxel count, coordinate sums,
@@ -12,6 +12,12 @@ sum table comes back to the host. On the GPU it is ``xp.unique`` +
 ``xp.bincount``; on the CPU a few linear passes (``fastremap.renumber``,
 ``cc3d.statistics``, one ``np.bincount`` per channel) give the same numbers
 (see :func:`_label_sums_cpu`).
+
+Robust statistics (``q25_``, ``median_``, ``q75_<channel>``) come from
+per-label intensity histograms summed over blocks (:mod:`graph.histograms`):
+they are within a fraction of a bin (<= 0.8 % of the value, exact for the
+lowest ~128 values of 8/16-bit data) of the whole-volume quantiles, and the
+same whatever the block shape.
 """
 
 from __future__ import annotations
@@ -23,13 +29,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from graph.histograms import QUANTILES, IntensityBins, histogram_quantiles, label_histograms, reduce_label_histograms
 from pipeline.backend import array_module, resolve_device, to_device, to_host
 from pipeline.blocks import Block, BlockGrid
 from pipeline.errors import InputError
 from pipeline.runner import Executor, run_blockwise
 from pipeline.volume import Volume
 
-__all__ = ["label_sums", "reduce_label_sums", "measure_neurons", "measure_array", "BBOX_COLUMNS"]
+__all__ = ["label_sums", "reduce_label_sums", "add_quantiles", "measure_neurons", "measure_array", "BBOX_COLUMNS"]
 
 log = logging.getLogger(__name__)
 
@@ -236,21 +243,52 @@ def reduce_label_sums(tables, channel_names=(), voxel_size=(1.0, 1.0, 1.0)) -> p
     return out
 
 
+def add_quantiles(frame: pd.DataFrame, histograms: pd.DataFrame, bins: IntensityBins,
+                  channel_names) -> pd.DataFrame:
+    """Add ``<prefix>_<channel>`` quantile columns (:data:`graph.histograms.QUANTILES`) to a neuron table.
+
+    ``frame`` is a :func:`reduce_label_sums` table; ``histograms`` the summed
+    :func:`graph.histograms.label_histograms` of the same labels. Label 0's
+    quantiles go to ``attrs["background_<prefix>"]`` (channel name -> value).
+    Returns a new frame.
+    """
+    channel_names = list(channel_names)
+    out = frame.copy()
+    out.attrs.update(frame.attrs)
+    values = histogram_quantiles(histograms, bins, list(QUANTILES.values())).reset_index()
+    ids = out["neuron_id"].to_numpy(np.uint64)
+    for c, channel in enumerate(channel_names):
+        per_channel = values[values["channel"] == c].set_index("neuron_id")
+        for prefix, q in QUANTILES.items():
+            column = per_channel[q]
+            out[f"{prefix}_{channel}"] = column.reindex(ids).to_numpy(np.float64)
+            if 0 in column.index:
+                out.attrs.setdefault(f"background_{prefix}", {})[channel] = float(column.loc[0])
+    return out
+
+
 def measure_array(labels_zyx, channels_czyx=None, channel_names=None, voxel_size=(1.0, 1.0, 1.0)) -> pd.DataFrame:
     """Whole-array measurement (no blocks): the reference for :func:`measure_neurons`."""
     n_channels = 0 if channels_czyx is None else channels_czyx.shape[0]
     names = list(channel_names) if channel_names is not None else [f"c{i}" for i in range(n_channels)]
     if len(names) != n_channels:
         raise InputError(f"{len(names)} channel names for {n_channels} channels")
-    return reduce_label_sums([label_sums(labels_zyx, channels_czyx)], names, voxel_size)
+    frame = reduce_label_sums([label_sums(labels_zyx, channels_czyx)], names, voxel_size)
+    if not n_channels:
+        return frame
+    bins = IntensityBins.for_dtype(channels_czyx.dtype)
+    return add_quantiles(frame, label_histograms(labels_zyx, channels_czyx, bins), bins, names)
 
 
-def _measure_block(block: Block, *, volume_path: str, labels, device: str) -> pd.DataFrame:
-    """Block task: per-label sums of the write region."""
+def _measure_block(block: Block, *, volume_path: str, labels, device: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Block task: per-label sums and intensity histograms of the write region."""
     volume = Volume.open(volume_path, mode="r")
     labels_block = to_device(np.asarray(labels[block.write]), device)
     channels = to_device(np.asarray(volume.read(block.write)), device)
-    return label_sums(labels_block, channels, offset=block.write_offset)
+    sums = label_sums(labels_block, channels, offset=block.write_offset)
+    if channels.shape[0] == 0:
+        return sums, None
+    return sums, label_histograms(labels_block, channels, IntensityBins.for_dtype(volume.dtype))
 
 
 def measure_neurons(
@@ -287,10 +325,12 @@ def measure_neurons(
     -------
     pandas.DataFrame
         ``neuron_id, size_voxels, z, y, x, z_um, y_um, x_um, bbox_min_z ..
-        bbox_max_x (max exclusive), mean_<channel>...``, one row per non-zero
+        bbox_max_x (max exclusive), mean_<channel>..., q25_<channel>...,
+        median_<channel>..., q75_<channel>...``, one row per non-zero
         label, sorted by ``neuron_id``; ``attrs["background"]`` is the mean of
         every channel over label 0 (channel name -> float; empty when the
-        labels have no background).
+        labels have no background), ``attrs["background_median"]`` (etc.)
+        its quantiles.
     """
     device = resolve_device(device)
     if tuple(labels_array.shape) != tuple(volume.spatial_shape):
@@ -301,9 +341,14 @@ def measure_neurons(
     step = functools.partial(_measure_block, volume_path=str(volume.path), labels=labels_array, device=device)
     store = getattr(labels_array, "store", None)
     params = {"volume": str(volume.path), "labels": str(getattr(labels_array, "path", "")) + str(store),
-              "block_shape": grid.block_shape, "shape": grid.shape, "channels": volume.channel_names}
-    tables = run_blockwise(step, list(grid), name=name, state_dir=Path(state_dir), executor=executor,
-                           params=params, progress=progress)
+              "block_shape": grid.block_shape, "shape": grid.shape, "channels": volume.channel_names,
+              "histograms": "asinh-v1"}
+    results = run_blockwise(step, list(grid), name=name, state_dir=Path(state_dir), executor=executor,
+                            params=params, progress=progress)
+    tables = [sums for sums, _ in results]
     frame = reduce_label_sums(tables, volume.channel_names, volume.voxel_size)
+    if volume.channel_names:
+        histograms = reduce_label_histograms([h for _, h in results if h is not None])
+        frame = add_quantiles(frame, histograms, IntensityBins.for_dtype(volume.dtype), volume.channel_names)
     log.info("measured %d neurons over %d blocks", len(frame), len(tables))
     return frame

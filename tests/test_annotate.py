@@ -298,3 +298,26 @@ def test_small_pieces_with_extreme_means_do_not_hide_a_bimodal_marker():
                                   np.where(high, "excitatory", "unknown")[neurons])
     unweighted = assign_cell_types(table, ["vglut"], {**rules, "mixture": {"weight_by_size": False}})
     assert not unweighted.attrs["marker_fits"]["vglut"]["bimodal"]
+
+
+def test_barcodes_use_the_median_columns_and_fall_back_to_means(caplog):
+    # medians say bit 1 is on for neuron 0; the means (pulled by spill) say otherwise
+    rng = np.random.default_rng(3)
+    n = 12
+    on = rng.random((n, 2)) < 0.5
+    on[0] = [False, True]
+    median = np.where(on, 1000.0, 100.0) * rng.uniform(0.9, 1.1, (n, 2))
+    mean = median.copy()
+    mean[0, 1] = 100.0
+    table = pd.DataFrame({"neuron_id": np.arange(1, n + 1, dtype=np.uint64), "size_voxels": 1000,
+                          "mean_a": mean[:, 0], "mean_b": mean[:, 1],
+                          "median_a": median[:, 0], "median_b": median[:, 1]})
+    by_median = call_barcodes(table, ["a", "b"])
+    by_mean = call_barcodes(table, ["a", "b"], BarcodeConfig(statistic="mean"))
+    assert by_median["barcode"].iloc[0] == "01" and by_mean["barcode"].iloc[0] == "00"
+    with caplog.at_level("WARNING", logger="graph.annotate"):
+        fallback = call_barcodes(table.drop(columns=["median_a", "median_b"]), ["a", "b"])
+    assert fallback["barcode"].tolist() == by_mean["barcode"].tolist()
+    assert "median_<channel>" in caplog.text
+    with pytest.raises(InputError, match="median_<channel>"):
+        call_barcodes(table.drop(columns=["median_a", "mean_a"]), ["a", "b"])

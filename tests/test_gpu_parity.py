@@ -109,3 +109,16 @@ def test_label_sums_on_the_gpu_match_the_cpu(cp):
     for column in cpu.columns:
         np.testing.assert_allclose(gpu[column].to_numpy(np.float64), cpu[column].to_numpy(np.float64),
                                    rtol=1e-7, err_msg=column)
+
+
+def test_label_histograms_on_the_gpu_match_the_cpu(cp):
+    from graph.histograms import IntensityBins, label_histograms
+
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 40, (16, 48, 48)).astype(np.uint32)
+    for channels in (rng.integers(0, 5000, (3, 16, 48, 48)).astype(np.uint16),
+                     (rng.random((2, 16, 48, 48)) * 1000).astype(np.float32)):
+        bins = IntensityBins.for_dtype(channels.dtype)
+        gpu = label_histograms(cp.asarray(labels), cp.asarray(channels), bins)
+        cpu = label_histograms(labels, channels, bins)
+        pd.testing.assert_frame_equal(gpu, cpu)
