@@ -147,6 +147,21 @@ def _empty_histograms() -> pd.DataFrame:
                          "bin": pd.Series(dtype=np.int32), "count": pd.Series(dtype=np.int64)})
 
 
+def _renumber(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids, inverse)`` as ``np.unique(..., return_inverse=True)``, without the sort (fastremap)."""
+    import fastremap
+
+    labels = np.ascontiguousarray(labels)
+    if labels.dtype == bool:
+        labels = labels.view(np.uint8)
+    inverse, mapping = fastremap.renumber(labels, start=0, preserve_zero=False, in_place=False)
+    ids = np.array(sorted(mapping), dtype=labels.dtype)
+    # renumber numbers by first appearance; the tables want ids in increasing order
+    rank = np.empty(len(ids), np.int64)
+    rank[np.fromiter((mapping[i] for i in ids.tolist()), np.int64, count=len(ids))] = np.arange(len(ids))
+    return ids, rank[inverse.reshape(-1)]
+
+
 def label_histograms(labels_zyx, channels_czyx, bins: IntensityBins) -> pd.DataFrame:
     """Sparse per-label intensity histograms of one block (label 0 included).
 
@@ -169,14 +184,17 @@ def label_histograms(labels_zyx, channels_czyx, bins: IntensityBins) -> pd.DataF
         raise InputError(f"labels must be 3-D (z, y, x), got shape {labels_zyx.shape}")
     if channels_czyx.ndim != 4 or tuple(channels_czyx.shape[1:]) != tuple(labels_zyx.shape):
         raise InputError(f"channels {channels_czyx.shape} must be (c,) + labels shape {labels_zyx.shape}")
-    ids, inverse = xp.unique(labels_zyx.ravel(), return_inverse=True)
-    inverse = inverse.reshape(-1).astype(xp.int64)
+    if xp is np and labels_zyx.dtype.kind in "iub":
+        ids, inverse = _renumber(labels_zyx)
+    else:
+        ids, inverse = xp.unique(labels_zyx.ravel(), return_inverse=True)
     n = int(ids.size)
+    base = inverse.reshape(-1).astype(xp.int64) * bins.n_bins
     ids_host = to_host(ids).astype(np.uint64)
     parts = []
     for c in range(channels_czyx.shape[0]):
         values = channels_czyx[c].reshape(-1)
-        keys = inverse * bins.n_bins + bins.index(values)
+        keys = base + bins.index(values)
         if values.dtype.kind == "f":
             keys = keys[~xp.isnan(values)]
         if xp is np and n * bins.n_bins <= _DENSE_CELLS:

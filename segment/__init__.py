@@ -230,7 +230,8 @@ def segment_volume(volume: Volume, run_dir, config: SegmentConfig | None = None,
         codebook = codebook_from_statistics(merge_code_statistics(votes), min_support=config.code_min_support,
                                             merge_distance=config.code_merge_distance,
                                             split_distance=config.code_split_distance,
-                                            split_separation=config.code_split_separation)
+                                            split_separation=config.code_split_separation,
+                                            mixture_coherence=config.code_mixture_coherence)
         if codebook.n_identities:
             plan = dataclasses.replace(
                 plan, centroids=tuple(tuple(float(v) for v in row) for row in codebook.centroids),

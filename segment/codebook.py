@@ -10,8 +10,8 @@ Every block votes with its *pure* voxels (bright, inside the foreground,
 where the barcode direction does not change: far from other neurons) in
 :func:`code_statistics`; the votes of all blocks are summed and
 :func:`codebook_from_statistics` builds the codebook. It keeps the codes seen often enough,
-drops codes that are the union of two or more more-frequent codes (blur
-mixtures of touching neurons), and groups codes whose mean directions are
+drops codes that are the union of two or more more-frequent codes and whose
+voxels disagree on a direction (blur mixtures of touching neurons), and groups codes whose mean directions are
 nearly equal (a neuron whose dim "dropout" channel sometimes falls below the
 gap). Each group is one barcode identity.
 
@@ -256,7 +256,8 @@ def split_code(samples: np.ndarray, *, min_distance: float, min_fraction: float 
 
 
 def codebook_from_statistics(stats: dict, *, min_support: int = 1000, merge_distance: float = 0.2,
-                             split_distance: float = 0.2, split_separation: float = 3.4) -> Codebook:
+                             split_distance: float = 0.2, split_separation: float = 3.4,
+                             mixture_coherence: float = 0.97) -> Codebook:
     """Build the :class:`Codebook` from (merged) :func:`code_statistics`.
 
     Parameters
@@ -273,6 +274,14 @@ def codebook_from_statistics(stats: dict, *, min_support: int = 1000, merge_dist
         sharing a binary code but not their expression levels. 0 disables.
     split_separation : float
         The two groups' Ashman's D along their axis must reach this (see :func:`split_code`).
+    mixture_coherence : float
+        A code that is the union of two or more more-frequent codes is a blur
+        mixture only when its voting voxels disagree on a direction: the
+        length of the mean of their unit vectors (1 when all are parallel) is
+        below this. A neuron whose code happens to be such a union keeps it:
+        its voxels share one direction. Measured on seeds 0-5 of the sample:
+        the 7 union codes that are neurons' codes 0.989-0.993, the 56 blur
+        mixtures 0.75-0.91. 1 drops every union, as before this rule.
     """
     k = stats["unit_sums"].shape[1] if stats["unit_sums"].ndim == 2 else 0
     empty = Codebook(np.zeros(0, np.int64), np.zeros((0, k)), np.zeros(0, np.int64), np.zeros(0, np.int64))
@@ -286,14 +295,16 @@ def codebook_from_statistics(stats: dict, *, min_support: int = 1000, merge_dist
     keep = counts >= min_support
     values, counts, sums = values[keep], counts[keep], sums[keep]
     support = dict(zip(values.tolist(), counts.tolist()))
-    # Drop blur mixtures: a code that is exactly the union of more frequent sub-codes.
+    # Drop blur mixtures: a code that is exactly the union of more frequent sub-codes
+    # and whose voxels do not agree on one direction (the mixing ratio varies across a contact).
+    coherence = np.linalg.norm(sums, axis=1) / np.maximum(counts, 1)
     kept = []
     for i, c in enumerate(values.tolist()):
         subs = [a for a in values.tolist() if a != c and (a & ~c) == 0 and support[a] > support[c]]
         union = 0
         for a in subs:
             union |= a
-        if len(subs) >= 2 and union == c:
+        if len(subs) >= 2 and union == c and coherence[i] < mixture_coherence:
             continue
         kept.append(i)
     if not kept:

@@ -122,6 +122,11 @@ class SegmentConfig(StrictModel):
         Ashman's D along the axis through them at least this
         (:func:`segment.codebook.split_code`; single-neuron codes measured
         2.1–3.05, shared codes 3.7–7.5 on the bundled samples).
+    code_mixture_coherence : float
+        A code that is the union of more frequent codes is dropped as a blur
+        mixture only when its voxels' mean unit vector is shorter than this
+        (:func:`segment.codebook.codebook_from_statistics`); a neuron whose
+        code is such a union keeps it. 1 drops every union.
     link_radius : float
         Pieces of one codebook identity whose bounding boxes come within this
         physical distance (the volume's unit) are joined: long-range linking
@@ -240,6 +245,7 @@ class SegmentConfig(StrictModel):
     code_merge_distance: float = Field(default=0.2, ge=0)
     code_split_distance: float = Field(default=0.2, ge=0)
     code_split_separation: float = Field(default=3.4, gt=0)
+    code_mixture_coherence: float = Field(default=0.97, ge=0, le=1)
     despeckle_size: int = Field(default=50, ge=0)
     despeckle_landscape: Literal["discontinuity", "boundary"] = "discontinuity"
     refine_contacts: bool = True

@@ -195,11 +195,22 @@ def test_codebook_drops_mixtures_and_groups_near_codes():
 
     a = votes([0, 1], 500, [1.0, 1.0])
     b = votes([2, 3], 400, [1.0, 1.0])
-    mix = votes([0, 1, 2, 3], 200, [1.0, 1.0, 1.0, 1.0])    # blur mixture of a and b
+    # blur mixture of a and b: the mixing ratio varies across the contact
+    share = rng.uniform(0.2, 0.8, (200, 1))
+    mix = share * a[:200] + (1 - share) * b[:200]
     dim = votes([0, 1, 4], 150, [1.0, 1.0, 0.2])              # a with a faint extra channel
     stats = merge_code_statistics([code_statistics(x) for x in (a, b, mix, dim)])
+    assert 0b01111 in stats["codes"]
     book = codebook_from_statistics(stats, min_support=100, merge_distance=0.2)
     assert set(book.codes.tolist()) == {0b00011, 0b01100, 0b10011}
+    # a neuron whose code happens to be the union of a's and b's: one direction, kept
+    union = votes([0, 1, 2, 3], 200, [0.8, 1.2, 1.0, 0.9])
+    stats = merge_code_statistics([code_statistics(x) for x in (a, b, union, dim)])
+    assert 0b01111 in codebook_from_statistics(stats, min_support=100, merge_distance=0.2).codes
+    assert 0b01111 not in codebook_from_statistics(stats, min_support=100, merge_distance=0.2,
+                                                   mixture_coherence=1.0).codes
+    stats = merge_code_statistics([code_statistics(x) for x in (a, b, mix, dim)])
+    book = codebook_from_statistics(stats, min_support=100, merge_distance=0.2)
     assert book.n_identities == 2
     ident = dict(zip(book.codes.tolist(), book.identity.tolist()))
     assert ident[0b10011] == ident[0b00011] != ident[0b01100]
