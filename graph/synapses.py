@@ -90,6 +90,12 @@ class SynapseConfig(StrictModel):
     partner_window_um : float
         Neurons whose labels lie within this distance of either punctum are
         the candidates of the barcode decision.
+    partner_wide_window_um : float
+        When no two candidates explain the barcodes at the puncta (relative
+        residual above ``partner_expand_residual``), the neurons within this
+        distance are tried too, and a pair that halves the residual wins
+        (:mod:`graph.partners`). At or below ``partner_window_um``: no wider search.
+    partner_expand_residual : float
     """
 
     max_distance_um: float = Field(default=0.6, gt=0.0)
@@ -98,6 +104,8 @@ class SynapseConfig(StrictModel):
     min_confidence: float = Field(default=0.0, ge=0.0, le=1.0)
     partners: Literal["barcode", "label"] = "barcode"
     partner_window_um: float = Field(default=0.3, gt=0.0)
+    partner_wide_window_um: float = Field(default=0.8, gt=0.0)
+    partner_expand_residual: float = Field(default=0.1, ge=0.0)
 
 
 def _check_puncta(frame: pd.DataFrame, name: str) -> None:
@@ -291,5 +299,7 @@ def synapses_from_puncta(pre_df: pd.DataFrame, post_df: pd.DataFrame, voxel_size
 
         partners = barcode_partners(pre_df, post_df, run_dir, voxel_size, grid=grid,
                                     max_distance_um=config.max_distance_um, window_um=config.partner_window_um,
+                                    wide_window_um=config.partner_wide_window_um,
+                                    expand_residual=config.partner_expand_residual,
                                     executor=executor, progress=progress)
     return pair_puncta(pre_df, post_df, voxel_size, config, partners=partners)

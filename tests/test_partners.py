@@ -123,3 +123,41 @@ def test_without_barcode_work_files_the_labels_stand(tmp_path):
     empty = barcode_partners(pre.iloc[:0], post, tmp_path / "run", VOXEL, grid=grid, max_distance_um=0.6,
                              window_um=0.3)
     assert empty is None
+
+
+def test_a_poorly_explained_pair_searches_wider(tmp_path):
+    # The axon of neuron 1 carries the pre punctum, but there its voxels are labelled 3
+    # (swallowed by a neighbour); neuron 1's own label is 0.8 um away. The barcodes at the
+    # pre punctum are 1 + 2, which neurons 3 and 2 (the near candidates) cannot explain.
+    shape = (8, 40, 32)
+    run = tmp_path / "run"
+    labels = create_label_image(run / "labels.zarr", "neurons", shape_zyx=shape, voxel_size=VOXEL,
+                                chunks_zyx=(8, 8, 16))
+    lab = np.zeros(shape, np.uint64)
+    lab[:, 8:12] = 1
+    lab[:, 12:20] = 3
+    lab[:, 20:36] = 2
+    labels[:] = lab
+    a, b, c = _unit(CODE_A), _unit(CODE_B), _unit(CODE_C)
+    bc = np.zeros((6,) + shape)
+    bc[:, :, 8:12] = a[:, None, None, None]
+    bc[:, :, 12:20] = c[:, None, None, None]
+    bc[:, :, 20:36] = b[:, None, None, None]
+    bc[:, :, 17:21, 14:19] = (0.6 * a + 0.4 * b)[:, None, None, None]     # the axon's bouton
+    barcodes = zarr.create_array(str(run / "work" / "barcodes"), shape=(6,) + shape, chunks=(1, 8, 8, 16),
+                                 dtype="float32", fill_value=0)
+    barcodes[:] = bc.astype(np.float32)
+    np.savez(run / "work" / "neuron_barcodes.npz", ids=np.array([1, 2, 3], np.uint64),
+             means=np.stack([a, b, c]).astype(np.float32))
+    pre = pd.DataFrame({"z": [4.0], "y": [19.0], "x": [16.0], "neuron_id": np.array([3], np.uint64)})
+    post = pd.DataFrame({"z": [4.0], "y": [21.5], "x": [16.0], "neuron_id": np.array([2], np.uint64)})
+    grid = BlockGrid(shape, shape, chunks=(8, 8, 16))
+    near = barcode_partners(pre, post, run, VOXEL, grid=grid, max_distance_um=0.6, window_um=0.3)
+    assert near[["pre_neuron", "post_neuron"]].values.tolist() != [[1, 2]]
+    wide = barcode_partners(pre, post, run, VOXEL, grid=grid, max_distance_um=0.6, window_um=0.3,
+                            wide_window_um=0.8, expand_residual=0.1)
+    assert wide[["pre_neuron", "post_neuron"]].values.tolist() == [[1, 2]]
+    # a pair the near candidates explain well never looks further
+    calm = barcode_partners(pre, post, run, VOXEL, grid=grid, max_distance_um=0.6, window_um=0.3,
+                            wide_window_um=0.8, expand_residual=1.0)
+    pd.testing.assert_frame_equal(calm, near)
