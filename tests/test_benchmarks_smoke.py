@@ -51,3 +51,20 @@ def test_gpu_block_benchmark_runs_on_the_cpu_and_prints_its_table():
     assert steps == ["normalise", "deconvolve", "evidence", "codebook labels", "flood specks", "connected pieces",
                      "puncta (1 channel)", "per-label sums", "whole chain"]
     assert "GPU: not measured" in out.stdout
+
+
+def test_histogram_cost_script_reports_both_kernels(tmp_path, caplog):
+    import numpy as np
+    import zarr
+
+    from benchmarks.histogram_cost import main
+
+    rng = np.random.default_rng(0)
+    volume = zarr.create_array(str(tmp_path / "v"), shape=(3, 4, 16, 16), chunks=(3, 4, 16, 16), dtype="uint16")
+    volume[:] = rng.integers(0, 3000, volume.shape).astype(np.uint16)
+    labels = zarr.create_array(str(tmp_path / "l"), shape=(4, 16, 16), chunks=(4, 16, 16), dtype="uint64")
+    labels[:] = rng.integers(0, 5, labels.shape).astype(np.uint64)
+    with caplog.at_level("INFO", logger="benchmarks.histogram_cost"):
+        main(["--volume", str(tmp_path / "v"), "--labels", str(tmp_path / "l"), "--z", "4", "--repeats", "1"])
+    assert "| label_sums |" in caplog.text and "| label_histograms |" in caplog.text
+    assert "histograms / sums" in caplog.text
