@@ -74,6 +74,7 @@ __all__ = [
     "channel_posteriors",
     "call_barcodes",
     "assign_cell_types",
+    "check_cell_type_channels",
     "kmeans",
     "annotate_neurons",
 ]
@@ -616,6 +617,32 @@ def _check_rules(rules: Sequence[CellTypeRule], marker_channels: Sequence[str]) 
                 raise ConfigError(
                     f"cell_types.rules[{i}] (type {rule.type!r}): unknown marker {marker!r}; "
                     f"available marker channels are {available}")
+
+
+def check_cell_type_channels(config: CellTypeConfig | dict | None, channels) -> None:
+    """Refuse, before any work, cell-type rules or ``normalize_by`` that name an absent channel.
+
+    Parameters
+    ----------
+    config : CellTypeConfig or dict, optional
+    channels : Volume or sequence of Channel
+        The volume's channels (with roles).
+
+    Raises
+    ------
+    ConfigError
+        Naming the rule and marker, or ``normalize_by``, and the channels there are.
+    """
+    if config is None:
+        return
+    if isinstance(config, dict):
+        config = CellTypeConfig(**config)
+    channel_list = list(getattr(channels, "channels", channels))
+    _check_rules(config.rules or [], [c.name for c in channel_list if c.role == "marker"])
+    names = [c.name for c in channel_list]
+    if config.normalize_by and config.normalize_by not in names:
+        raise ConfigError(f"cell_types.normalize_by: unknown channel {config.normalize_by!r}; "
+                          f"the volume's channels are {names}")
 
 
 def _marker_values(neurons, markers, config: CellTypeConfig, background) -> np.ndarray:

@@ -75,6 +75,10 @@ class SynapseConfig(StrictModel):
 
     Attributes
     ----------
+    enabled : bool
+        Detect puncta and synapses (the volume then needs ``pre`` and ``post``
+        channels). ``False``: neurons only; the synapse and edge tables are
+        written empty, with their columns.
     max_distance_um : float
         Largest pre-to-post punctum distance of a synapse, physical units.
     pair_valid_only : bool
@@ -98,6 +102,7 @@ class SynapseConfig(StrictModel):
     partner_expand_residual : float
     """
 
+    enabled: bool = True
     max_distance_um: float = Field(default=0.6, gt=0.0)
     pair_valid_only: bool = True
     contrast_half: float = Field(default=6.0, gt=0.0)

@@ -549,3 +549,43 @@ def test_export_never_replaces_the_run_it_reads(tmp_path, capsys, target):
     err = capsys.readouterr().err
     assert "Traceback" not in err and str(output) in err, err
     assert (run / "run.json").read_text() == "{}" and (run / "labels.zarr").is_dir()
+
+
+# -- what the workflow asks for against what the volume has -----------------------------------
+
+def _set_role(attrs, name, role):
+    for channel in attrs["connectome"]["channels"]:
+        if channel["name"] == name:
+            channel["role"] = role
+
+
+def test_synapses_without_pre_and_post_channels_fail_before_any_block(sample, tmp_path, capsys):
+    volume = _copy(sample, tmp_path)
+    _rewrite_attrs(volume, lambda a: (_set_role(a, "pre", "marker"), _set_role(a, "post", "marker")))
+    error = _expect(_workflow(tmp_path, volume), MissingChannelError, "'pre' or 'post'",
+                    "synapses: {enabled: false}", capsys=capsys)
+    assert "'pre': 'marker'" in str(error)          # the channels it has, with their roles
+    _not_done(tmp_path / "run")
+
+
+def test_cell_type_rule_naming_an_absent_marker_fails_before_any_block(sample, tmp_path, capsys):
+    volume = _copy(sample, tmp_path)
+    rules = "cell_types: {rules: [{type: sst, require: {sst: high}}]}\n"
+    _expect(_workflow(tmp_path, volume, rules), ConfigError, "unknown marker 'sst'", "'vglut'", capsys=capsys)
+    _not_done(tmp_path / "run")
+    _expect(_workflow(tmp_path, volume, "cell_types: {normalize_by: nuclei}\n"), ConfigError,
+            "normalize_by", "'nuclei'")
+    _not_done(tmp_path / "run")
+
+
+def test_neurons_only_run_needs_no_synapse_channels(sample, tmp_path):
+    volume = _copy(sample, tmp_path)
+    _rewrite_attrs(volume, lambda a: (_set_role(a, "pre", "marker"), _set_role(a, "post", "marker")))
+    run = run_workflow(load_workflow(_workflow(tmp_path, volume, "synapses: {enabled: false}\n")), progress=False)
+    assert json.loads((run / "run.json").read_text())["status"] == "complete"
+    assert len(pd.read_parquet(run / "neurons.parquet")) > 0
+    synapses = pd.read_parquet(run / "synapses.parquet")
+    edges = pd.read_parquet(run / "edges.parquet")
+    assert synapses.empty and {"pre_neuron", "post_neuron", "confidence"} <= set(synapses.columns)
+    assert edges.empty and {"pre", "post", "synapse_count"} <= set(edges.columns)
+    assert not (run / "work" / "puncta_pre").exists()

@@ -45,17 +45,21 @@ from pathlib import Path
 
 from graph import Connectome
 from graph.connectome import FORMAT_VERSION
-from graph.annotate import annotate_neurons
+import numpy as np
+import pandas as pd
+
+from graph.annotate import annotate_neurons, check_cell_type_channels
 from graph.measure import measure_neurons
-from graph.synapses import synapses_from_puncta
+from graph.synapses import pair_puncta, synapses_from_puncta
 from ingest import ingest
-from pipeline import BlockGrid, ConfigError, Executor, InputError, PipelineError, Volume, resolve_device
+from pipeline import (BlockGrid, ConfigError, Executor, InputError, MissingChannelError, PipelineError, Volume,
+                      resolve_device)
 from pipeline.lock import RunLock
 from pipeline.storage import crash_point, read_json, storage_error, write_json, write_parquet, write_text_atomic
 from pipeline.volume import open_label_image
 from sample_data import write_sample
 from segment import segment_volume
-from segment.puncta import detect_puncta_volume
+from segment.puncta import PUNCTA_COLUMNS, detect_puncta_volume
 
 from .evaluate import evaluate_run
 from .report import REPORT_FILE, write_report
@@ -266,6 +270,25 @@ def _check_signal(volume: Volume) -> None:
                              "nothing to segment (check the ingest or the input path)")
 
 
+def _check_requested_channels(volume: Volume, config: WorkflowConfig) -> None:
+    """Refuse, before any block runs, a workflow that asks for what the volume's channels cannot give."""
+    if config.synapses.enabled:
+        missing = [role for role in ("pre", "post") if not volume.channels_with_role(role)]
+        if missing:
+            roles = {c.name: c.role for c in volume.channels}
+            raise MissingChannelError(
+                f"{volume.path}: synapses need channels with roles 'pre' and 'post', and no channel has "
+                f"role {' or '.join(repr(r) for r in missing)} (the volume's channels are {roles}); "
+                "set the roles at ingest, or 'synapses: {enabled: false}' for neurons only")
+    check_cell_type_channels(config.cell_types, volume)
+
+
+def _no_puncta() -> pd.DataFrame:
+    """An empty puncta table with the columns and dtypes of :func:`detect_puncta_volume`'s."""
+    dtypes = {"punctum_id": np.int64, "iz": np.int64, "iy": np.int64, "ix": np.int64, "neuron_id": np.uint64}
+    return pd.DataFrame({c: pd.Series(dtype=dtypes.get(c, np.float64)) for c in PUNCTA_COLUMNS})
+
+
 def _run_locked(config: WorkflowConfig, run_dir: Path, progress: bool) -> Path:
     timer = _Timer()
     record = {
@@ -281,6 +304,7 @@ def _run_locked(config: WorkflowConfig, run_dir: Path, progress: bool) -> Path:
     with timer.step("input"):
         volume = prepare_input(config)
         _check_signal(volume)
+        _check_requested_channels(volume, config)
     device = resolve_device(config.compute.device)
     grid = _grid(volume, config)
     record.update({
@@ -300,13 +324,21 @@ def _run_locked(config: WorkflowConfig, run_dir: Path, progress: bool) -> Path:
             seg_summary = segment_volume(volume, run_dir, config.segment, grid=grid, executor=executor, device=device)
         _invalidate_label_consumers(run_dir)
         labels = open_label_image(run_dir / "labels.zarr", "neurons")
-        with timer.step("puncta"):
-            pre, post = detect_puncta_volume(volume, run_dir, config.puncta, grid=grid, executor=executor, device=device)
+        if config.synapses.enabled:
+            with timer.step("puncta"):
+                pre, post = detect_puncta_volume(volume, run_dir, config.puncta, grid=grid, executor=executor,
+                                                 device=device)
+        else:
+            log.info("synapses.enabled is false: no puncta, no synapses")
+            pre = post = _no_puncta()
         with timer.step("measure"):
             neurons = measure_neurons(volume, labels, grid=grid, executor=executor, state_dir=work)
         with timer.step("synapses"):
-            synapses = synapses_from_puncta(pre, post, volume.voxel_size, run_dir, config.synapses, grid=grid,
-                                            executor=executor)
+            if config.synapses.enabled:
+                synapses = synapses_from_puncta(pre, post, volume.voxel_size, run_dir, config.synapses, grid=grid,
+                                                executor=executor)
+            else:
+                synapses = pair_puncta(pre, post, volume.voxel_size, config.synapses)
     with timer.step("annotate"):
         neurons = annotate_neurons(neurons, volume, barcodes=config.barcodes, cell_types=config.cell_types,
                                    background=neurons.attrs.get("background"))
