@@ -198,7 +198,11 @@ class SegmentConfig(StrictModel):
     min_fragment_size : int
         Fragments (and agglomerated clusters) smaller than this many voxels are
         merged into their best neighbour regardless of barcode evidence (their
-        mean barcode is too noisy to trust).
+        mean barcode is too noisy to trust). 500 voxels (2 µm³ at the sample's
+        0.4 × 0.1 × 0.1 µm) removes the small code pieces that no link
+        reached: on seeds 0-5 of the sample 24-26 segments for 24 neurons
+        instead of 26-31, with VOI, partner accuracy and edge F1 equal or
+        better on every seed (20 before; measured in session 4).
     min_neuron_size : int
         Final segments smaller than this many voxels become background (0).
     min_mean_fill_ratio : float
@@ -263,7 +267,7 @@ class SegmentConfig(StrictModel):
     seed_min_distance: float = Field(default=3.0, ge=1)
     seed_barcode_cut: float = Field(default=0.3, gt=0)
     halo: tuple[int, int, int] = (8, 16, 16)
-    min_fragment_size: int = Field(default=20, ge=0)
+    min_fragment_size: int = Field(default=500, ge=0)
     min_neuron_size: int = Field(default=100, ge=0)
     min_mean_fill_ratio: float = Field(default=1.75, ge=0)
     merge_threshold: float = Field(default=0.5, ge=0)
