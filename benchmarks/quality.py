@@ -29,8 +29,9 @@ from workflows.spec import WorkflowConfig, load_workflow
 
 log = logging.getLogger("benchmarks.quality")
 
-COLUMNS = ("voi_split", "voi_merge", "arand", "synapse_f1", "partner_accuracy", "edge_f1",
-           "cell_type_accuracy", "barcode_accuracy", "n_neurons_pred", "n_neurons_true")
+COLUMNS = ("voi_split", "voi_merge", "arand", "foreground_precision", "foreground_recall", "synapse_f1",
+           "partner_accuracy", "edge_f1", "cell_type_accuracy", "barcode_accuracy", "n_neurons_pred",
+           "n_neurons_true")
 
 
 def _config(base: WorkflowConfig, sample_dir: Path, run_dir: Path, sample_fields: dict,

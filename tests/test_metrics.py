@@ -378,6 +378,8 @@ EXPECTED = {
     "voi_merge": 1 / 3,
     # pairs together: both 32^2*2+16^2*4-96, seg and truth each 32^2*2+16^2*2-96.
     "arand": 1 - 1952 / 2464,
+    "foreground_precision": 1.0,          # every voxel is foreground in both
+    "foreground_recall": 1.0,
     "synapse_precision": 3 / 5,
     "synapse_recall": 3 / 5,
     "synapse_f1": 3 / 5,
@@ -407,6 +409,21 @@ def test_evaluate_run_on_tiny_fixture(tmp_path):
         expected_type = int if key.startswith("n_") else float
         assert type(metrics[key]) is expected_type, key
     json.dumps(metrics)  # plain Python scalars
+
+
+def test_foreground_precision_and_recall_see_what_voi_ignores(tmp_path):
+    run, sample = _write_fixture(tmp_path)
+    truth_path = sample / "volume.zarr" / "labels" / "truth" / "0"
+    truth = zarr.open_array(str(truth_path), mode="r")[...]
+    truth[:, :, 0] = 0                    # 8 voxels of truth 1 become background: a predicted halo
+    _write_labels(truth_path, truth)
+    seg_path = run / "labels.zarr" / "neurons" / "0"
+    seg = zarr.open_array(str(seg_path), mode="r")[...]
+    seg[:, 0, 11] = 0                     # 2 voxels of truth 4 missed
+    _write_labels(seg_path, seg)
+    metrics = evaluate_run(run, sample, synapse_radius_um=1.0)
+    assert metrics["foreground_precision"] == pytest.approx(86 / 94)
+    assert metrics["foreground_recall"] == pytest.approx(86 / 88)
 
 
 def test_evaluate_run_radius_and_voxel_size_fallback(tmp_path):

@@ -44,6 +44,8 @@ METRIC_KEYS = (
     "voi_split",
     "voi_merge",
     "arand",
+    "foreground_precision",
+    "foreground_recall",
     "synapse_precision",
     "synapse_recall",
     "synapse_f1",
@@ -61,7 +63,7 @@ METRIC_KEYS = (
 )
 
 _SECTIONS = (
-    ("Segmentation", ("voi_split", "voi_merge", "arand")),
+    ("Segmentation", ("voi_split", "voi_merge", "arand", "foreground_precision", "foreground_recall")),
     ("Synapses", ("synapse_precision", "synapse_recall", "synapse_f1", "partner_accuracy")),
     ("Edges", ("edge_precision", "edge_recall", "edge_f1", "edge_weight_correlation")),
     ("Neuron identity", ("cell_type_accuracy", "barcode_accuracy")),
@@ -197,6 +199,16 @@ def _information_metrics(counter: _OverlapCounter) -> tuple[float, float, float]
     denom = 0.5 * (float(seg_sizes @ seg_sizes - total) + float(truth_sizes @ truth_sizes - total))
     arand = _non_negative(1.0 - both / denom if denom > 0 else 0.0)
     return voi_split, voi_merge, arand
+
+
+def _foreground_scores(counter: _OverlapCounter) -> tuple[float, float]:
+    """Voxel precision and recall of the predicted foreground (any neuron) against the truth's."""
+    both = predicted = true = 0
+    for (sid, tid), (count, _) in counter.pairs.items():
+        predicted += count if sid != 0 else 0
+        true += count if tid != 0 else 0
+        both += count if sid != 0 and tid != 0 else 0
+    return (both / predicted if predicted else 1.0), (both / true if true else 1.0)
 
 
 def _match_labels(counter: _OverlapCounter) -> pd.Series:
@@ -375,6 +387,11 @@ def evaluate_run(
     * ``voi_split``, ``voi_merge`` (bits) and ``arand``: see
       :func:`workflows.metrics.variation_of_information` and
       :func:`workflows.metrics.adapted_rand_error`; only truth-foreground voxels count.
+    * ``foreground_precision`` / ``foreground_recall``: of the voxels with a
+      predicted neuron, the fraction inside a truth neuron; of the truth-neuron
+      voxels, the fraction with a predicted neuron (whichever). VOI and ARAND
+      ignore the truth background, so a segmentation that swells every
+      neuron into its blurred halo is seen here. 1.0 when the denominator is 0.
     * Synapses are points at their midpoint ``(pre + post) / 2``, converted from voxel
       coordinates to micrometres with the voxel size (both sides use the same
       conversion), matched one-to-one within ``synapse_radius_um`` by
@@ -430,6 +447,7 @@ def evaluate_run(
     # whatever the volume size; the metrics equal those of the whole arrays.
     overlaps = _count_overlaps(seg, truth)
     voi_split, voi_merge, arand = _information_metrics(overlaps)
+    fg_precision, fg_recall = _foreground_scores(overlaps)
     pred_to_truth = _match_labels(overlaps)
     truth_to_pred = _match_truth_labels(overlaps, min_overlap_fraction)
     del overlaps
@@ -504,6 +522,8 @@ def evaluate_run(
         "voi_split": float(voi_split),
         "voi_merge": float(voi_merge),
         "arand": float(arand),
+        "foreground_precision": fg_precision,
+        "foreground_recall": fg_recall,
         "synapse_precision": syn.precision,
         "synapse_recall": syn.recall,
         "synapse_f1": syn.f1,
