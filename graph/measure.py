@@ -17,7 +17,10 @@ Robust statistics (``q25_``, ``median_``, ``q75_<channel>``) come from
 per-label intensity histograms summed over blocks (:mod:`graph.histograms`):
 they are within a fraction of a bin (<= 0.8 % of the value, exact for the
 lowest ~128 values of 8/16-bit data) of the whole-volume quantiles, and the
-same whatever the block shape.
+same whatever the block shape. Each block writes its (sparse) histograms to
+``<state_dir>/<name>_histograms/<block id>.parquet`` instead of returning
+them, and they are summed a few blocks at a time: memory holds one group of
+blocks plus the running per-neuron table, whatever the number of blocks.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from pipeline.backend import array_module, resolve_device, to_device, to_host
 from pipeline.blocks import Block, BlockGrid
 from pipeline.errors import InputError
 from pipeline.runner import Executor, run_blockwise
+from pipeline.storage import write_parquet
 from pipeline.volume import Volume
 
 __all__ = ["label_sums", "reduce_label_sums", "add_quantiles", "measure_neurons", "measure_array", "BBOX_COLUMNS"]
@@ -280,15 +284,30 @@ def measure_array(labels_zyx, channels_czyx=None, channel_names=None, voxel_size
     return add_quantiles(frame, label_histograms(labels_zyx, channels_czyx, bins), bins, names)
 
 
-def _measure_block(block: Block, *, volume_path: str, labels, device: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Block task: per-label sums and intensity histograms of the write region."""
+#: Blocks whose histogram files are summed together at once (see :func:`_sum_histogram_files`).
+_HISTOGRAM_GROUP = 8
+
+
+def _measure_block(block: Block, *, volume_path: str, labels, device: str, histogram_dir: str) -> pd.DataFrame:
+    """Block task: per-label sums of the write region (returned) and its histograms (written)."""
     volume = Volume.open(volume_path, mode="r")
     labels_block = to_device(np.asarray(labels[block.write]), device)
     channels = to_device(np.asarray(volume.read(block.write)), device)
     sums = label_sums(labels_block, channels, offset=block.write_offset)
-    if channels.shape[0] == 0:
-        return sums, None
-    return sums, label_histograms(labels_block, channels, IntensityBins.for_dtype(volume.dtype))
+    if channels.shape[0]:
+        histograms = label_histograms(labels_block, channels, IntensityBins.for_dtype(volume.dtype))
+        write_parquet(Path(histogram_dir) / f"{block.id}.parquet", histograms)
+    return sums
+
+
+def _sum_histogram_files(paths) -> pd.DataFrame:
+    """:func:`reduce_label_histograms` of the files, read :data:`_HISTOGRAM_GROUP` at a time."""
+    paths = list(paths)
+    total = reduce_label_histograms([])
+    for start in range(0, len(paths), _HISTOGRAM_GROUP):
+        group = [pd.read_parquet(p) for p in paths[start:start + _HISTOGRAM_GROUP]]
+        total = reduce_label_histograms([total] + group)
+    return total
 
 
 def measure_neurons(
@@ -338,17 +357,21 @@ def measure_neurons(
                          f"spatial shape {volume.spatial_shape}")
     if tuple(grid.shape) != tuple(volume.spatial_shape):
         raise InputError(f"grid shape {grid.shape} does not match the volume's {volume.spatial_shape}")
-    step = functools.partial(_measure_block, volume_path=str(volume.path), labels=labels_array, device=device)
+    histogram_dir = Path(state_dir) / f"{name}_histograms"
+    histogram_dir.mkdir(parents=True, exist_ok=True)
+    step = functools.partial(_measure_block, volume_path=str(volume.path), labels=labels_array, device=device,
+                             histogram_dir=str(histogram_dir))
     store = getattr(labels_array, "store", None)
     params = {"volume": str(volume.path), "labels": str(getattr(labels_array, "path", "")) + str(store),
               "block_shape": grid.block_shape, "shape": grid.shape, "channels": volume.channel_names,
-              "histograms": "asinh-v1"}
-    results = run_blockwise(step, list(grid), name=name, state_dir=Path(state_dir), executor=executor,
-                            params=params, progress=progress)
-    tables = [sums for sums, _ in results]
+              "histograms": "asinh-v1-files"}
+    blocks = list(grid)
+    tables = run_blockwise(step, blocks, name=name, state_dir=Path(state_dir), executor=executor,
+                           params=params, progress=progress)
     frame = reduce_label_sums(tables, volume.channel_names, volume.voxel_size)
     if volume.channel_names:
-        histograms = reduce_label_histograms([h for _, h in results if h is not None])
+        # only this grid's blocks: files of an earlier run with other blocks are not summed
+        histograms = _sum_histogram_files(histogram_dir / f"{b.id}.parquet" for b in blocks)
         frame = add_quantiles(frame, histograms, IntensityBins.for_dtype(volume.dtype), volume.channel_names)
     log.info("measured %d neurons over %d blocks", len(frame), len(tables))
     return frame

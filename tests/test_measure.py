@@ -112,3 +112,19 @@ def test_array_program_path_equals_the_cpu_path():
     for column in reference.columns:
         np.testing.assert_allclose(ours[column].to_numpy(np.float64), reference[column].to_numpy(np.float64),
                                    rtol=1e-9, err_msg=column)
+
+
+def test_histograms_go_to_files_and_only_this_grids_blocks_count(sample, tmp_path):
+    vol, arr, labels, data = sample
+    whole = measure_array(labels, data, vol.channel_names, VOXEL)
+    work = tmp_path / "work"
+    first = BlockGrid(SHAPE, (8, 8, 16), chunks=CHUNKS)
+    measure_neurons(vol, arr, grid=first, state_dir=work)
+    files = sorted((work / "measure_histograms").glob("*.parquet"))
+    assert len(files) == len(first)
+    # a stale file of a block id the next grid does not have must not be summed
+    stale = pd.read_parquet(files[0])
+    stale["count"] *= 1000
+    stale.to_parquet(work / "measure_histograms" / f"{len(first) + 5}.parquet")
+    got = measure_neurons(vol, arr, grid=BlockGrid(SHAPE, (16, 24, 32), chunks=CHUNKS), state_dir=work)
+    pd.testing.assert_frame_equal(got, whole, check_exact=False, rtol=1e-13, atol=0)

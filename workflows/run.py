@@ -176,7 +176,7 @@ def _grid(volume: Volume, config: WorkflowConfig) -> BlockGrid:
 
 # Blockwise steps that read the neuron labels: their done-markers are only valid
 # for the labels they were computed from.
-_LABEL_CONSUMERS = ("puncta_pre", "puncta_post", "measure", "blocks/synapse_partners")
+_LABEL_CONSUMERS = ("puncta_pre", "puncta_post", "measure", "measure_histograms", "blocks/synapse_partners")
 
 
 def _invalidate_label_consumers(run_dir: Path) -> None:
