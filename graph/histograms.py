@@ -30,6 +30,7 @@ a dense ``np.bincount`` is used when the table is small, with the same counts.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -100,11 +101,8 @@ class IntensityBins:
                    integer_lut=dtype.kind in "iu" and dtype.itemsize <= 2, dtype=dtype.str)
 
     def _lut(self) -> np.ndarray:
-        """Bin of every value of an 8/16-bit integer dtype, indexed by ``value - min``."""
-        info = np.iinfo(np.dtype(self.dtype))
-        values = np.arange(info.min, info.max + 1, dtype=np.float64)
-        lut = np.floor(BINS_PER_UNIT * np.arcsinh(values / self.scale)).astype(np.int64) - self.first
-        return lut.astype(np.int32)
+        """Bin of every value of an 8/16-bit integer dtype, indexed by ``value - min`` (cached, read-only)."""
+        return _integer_lut(self.dtype, self.scale, self.first)
 
     def index(self, values):
         """Bin index (int32, NumPy or CuPy like ``values``) of every value."""
@@ -140,6 +138,16 @@ class IntensityBins:
             return starts + info.min - 0.5, ends + info.min + 0.5
         u = bins + self.first
         return (self.scale * np.sinh(u / BINS_PER_UNIT), self.scale * np.sinh((u + 1) / BINS_PER_UNIT))
+
+
+@functools.lru_cache(maxsize=8)
+def _integer_lut(dtype: str, scale: float, first: int) -> np.ndarray:
+    """The lookup table of :meth:`IntensityBins._lut`, built once per dtype (every block and channel reuses it)."""
+    info = np.iinfo(np.dtype(dtype))
+    values = np.arange(info.min, info.max + 1, dtype=np.float64)
+    lut = (np.floor(BINS_PER_UNIT * np.arcsinh(values / scale)).astype(np.int64) - first).astype(np.int32)
+    lut.flags.writeable = False
+    return lut
 
 
 def _empty_histograms() -> pd.DataFrame:

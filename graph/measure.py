@@ -257,8 +257,7 @@ def add_quantiles(frame: pd.DataFrame, histograms: pd.DataFrame, bins: Intensity
     Returns a new frame.
     """
     channel_names = list(channel_names)
-    out = frame.copy()
-    out.attrs.update(frame.attrs)
+    out = frame.copy()                    # copies attrs too
     values = histogram_quantiles(histograms, bins, list(QUANTILES.values())).reset_index()
     ids = out["neuron_id"].to_numpy(np.uint64)
     for c, channel in enumerate(channel_names):
