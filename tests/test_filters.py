@@ -218,6 +218,34 @@ def test_gpu_filters_match_cpu():
     np.testing.assert_array_equal(cp.asnumpy(got), maximum(a, 3, mode="nearest"))
 
 
+@pytest.mark.gpu
+def test_gpu_gaussian_equals_cupyx():
+    """The device-cached weights give cupyx's gaussian_filter bit for bit (dtypes, modes, output=, sigma 0)."""
+    cp = pytest.importorskip("cupy")
+    try:
+        if cp.cuda.runtime.getDeviceCount() < 1:
+            pytest.skip("no CUDA device")
+    except Exception:  # noqa: BLE001 - CUDA raises its own error types without a driver
+        pytest.skip("no CUDA device")
+    import cupyx.scipy.ndimage as cndi
+
+    stack = cp.asarray(_data((3, 10, 33, 40), seed=21))
+    cases = [(stack, (0.0, 1.0, 2.0, 2.0), 0, "reflect"), (stack[1], (1.0, 1.5, 2.0), 0, "nearest"),
+             (stack[0].astype(cp.float64), (0.5, 0.8, 0.8), (0, 2, 0), "mirror"),
+             (stack[2], 1.2, 1, "constant"), (stack[0], (0.0, 0.0, 0.0), 0, "reflect")]
+    for image, sigma, order, mode in cases:
+        want = cndi.gaussian_filter(image, sigma, order=order, mode=mode, truncate=3.0)
+        for _ in range(2):   # the second call reads the cached weights
+            got = gaussian(image, sigma, order=order, mode=mode, truncate=3.0)
+            assert got.dtype == want.dtype
+            cp.testing.assert_array_equal(got, want)
+        out = cp.empty_like(image)
+        assert gaussian(image, sigma, order=order, mode=mode, truncate=3.0, output=out) is out
+        cp.testing.assert_array_equal(out, want)
+    # an explicit radius (older cupyx has no ``radius`` argument): against the CPU path
+    _close(cp.asnumpy(gaussian(stack[1], 1.5, radius=2)), gaussian(cp.asnumpy(stack[1]), 1.5, radius=2), rtol=1e-4)
+
+
 def test_cpu_path_does_not_call_scipy(monkeypatch):
     """The supported modes really run on OpenCV (the scipy fallback would hide a slow path)."""
     a = _data((6, 20, 24), seed=20)

@@ -9,7 +9,7 @@ One synthetic block (``segment.synthetic``: tubes and balls with barcodes,
 blurred, with noise) goes through the segmentation's per-block chain --
 normalise, Richardson-Lucy deconvolution (the configured default), evidence,
 codebook labelling, speck flooding, connected pieces -- then puncta
-detection on one channel and per-label sums of every channel. Each step is
+detection on one channel and per-label sums and intensity histograms of every channel. Each step is
 timed as the median of ``--repeats`` after one warm-up; on the GPU the data
 stay on the device for the whole chain (it is copied there once, not timed)
 and every timing ends with a device synchronisation. The table gives seconds,
@@ -52,6 +52,7 @@ def make_block(shape, n_barcodes: int = 8, seed: int = 0):
 
 def chain(xp, fill, barcodes, codebook, sync):
     """The per-block steps on arrays of ``xp``; returns {step: callable} run in order."""
+    from graph.histograms import IntensityBins, label_histograms
     from graph.measure import label_sums
     from segment import SegmentConfig, kernels
     from segment.codebook import assign_codes, despeckle
@@ -93,9 +94,12 @@ def chain(xp, fill, barcodes, codebook, sync):
     def measure():
         state["sums"] = label_sums(state["labels"], barcodes)
 
+    def histograms():
+        state["histograms"] = label_histograms(state["labels"], barcodes, IntensityBins.for_dtype(barcodes.dtype))
+
     steps = {"normalise": normalise, "deconvolve": deconvolve, "evidence": evidence, "codebook labels": codes,
              "flood specks": flood, "connected pieces": pieces, "puncta (1 channel)": puncta,
-             "per-label sums": measure}
+             "per-label sums": measure, "per-label histograms": histograms}
 
     def timed(fn):
         def run():
@@ -122,6 +126,31 @@ def run_chain(xp, fill, barcodes, codebook, repeats: int, sync) -> dict:
         totals.append(time.perf_counter() - t_all)
     out = {name: statistics.median(v) for name, v in times.items()}
     out["whole chain"] = statistics.median(totals)
+    return out
+
+
+def gaussian_baseline(cp, stack, repeats: int) -> dict:
+    """Seconds (median of ``repeats`` after a warm-up) of one Gaussian of the barcode stack:
+    ``cupyx.scipy.ndimage.gaussian_filter`` against :func:`pipeline.filters.gaussian`
+    (the same passes, weights kept on the device), at the deconvolution's PSF sigma."""
+    import cupyx.scipy.ndimage as cndi
+
+    from pipeline.filters import gaussian
+    from segment import SegmentConfig
+
+    sigma = (0.0, *SegmentConfig().psf_sigma)
+    out = {}
+    for name, fn in (("cupyx gaussian_filter", lambda: cndi.gaussian_filter(stack, sigma, mode="reflect")),
+                     ("pipeline.filters.gaussian", lambda: gaussian(stack, sigma, mode="reflect"))):
+        fn()
+        cp.cuda.Stream.null.synchronize()
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fn()
+            cp.cuda.Stream.null.synchronize()
+            times.append(time.perf_counter() - t)
+        out[name] = statistics.median(times)
     return out
 
 
@@ -185,6 +214,14 @@ def main(argv=None) -> int:
         print(line)
     if "gpu" not in rows:
         print("GPU: not measured (no CUDA device visible to CuPy)")
+    else:
+        stack = cp.asarray(barcodes)
+        base = gaussian_baseline(cp, stack, max(args.repeats, 5))
+        print(f"one Gaussian of the {stack.shape[0]}-channel stack on the GPU (median of {max(args.repeats, 5)}):")
+        print("| filter | s | Gvox/s (all channels) |")
+        print("|---|---|---|")
+        for name, seconds in base.items():
+            print(f"| {name} | {seconds:.5f} | {stack.size / 1e9 / seconds:.3f} |")
     if args.profile:
         import cProfile
         import pstats

@@ -9,7 +9,8 @@
 #      bigger block on the GPU alone (data on the device, the end-to-end Gvox/s);
 #   3. the sample workflow on CPU and on GPU (benchmarks/gpu/workflow_bench.py): stage times,
 #      evaluation, and how far the GPU labels are from the CPU labels; then the GPU run again
-#      in-process under cProfile (where its time goes).
+#      in-process under cProfile (where its time goes; skipped by `device_check.sh quick`, which
+#      fits a lease with less than 10 minutes left).
 # Logs go to $OUT (the device tool brings them back).
 set -uo pipefail
 OUT=${OUT:-$(mktemp -d)}
@@ -33,4 +34,5 @@ step 120 block_bench python3 -m benchmarks.gpu.block_bench --shape 64,256,256 --
 step 60 block_bench_big python3 -m benchmarks.gpu.block_bench --shape 64,256,256 --tile 4,2,2 --gpu-only --repeats 5 --profile 40
 step 180 workflow_bench python3 -m benchmarks.gpu.workflow_bench --out /tmp/gpu_workflow
 # Where the GPU run's time goes: in-process (synchronous scheduler), the functions with the most own time.
+[ "${1:-full}" = quick ] && exit 0
 step 150 workflow_profile python3 -m benchmarks.gpu.workflow_bench --out /tmp/gpu_workflow --devices gpu --profile 30
