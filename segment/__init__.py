@@ -77,6 +77,8 @@ def make_plan(volume: Volume, config: SegmentConfig, stats: dict) -> FragmentPla
         fill=fill, barcodes=barcodes, membrane=membrane,
         lo={c: stats["lo"][c] for c in fill + barcodes + membrane},
         hi={c: stats["hi"][c] for c in fill + barcodes + membrane},
+        background={c: stats["background"][c] for c in barcodes if c in stats.get("background", {})},
+        contact_iterations=config.contact_deconvolution_iterations,
         threshold=float(stats["threshold"]),
         sigma=config.sigma_voxels(volume.voxel_size, "sigma"),
         barcode_sigma=config.sigma_voxels(volume.voxel_size, "barcode_sigma"),
@@ -193,6 +195,7 @@ def segment_volume(volume: Volume, run_dir, config: SegmentConfig | None = None,
         percentiles=config.norm_percentiles, sigma=config.sigma_voxels(volume.voxel_size),
         max_voxels=config.sample_voxels, threshold_method=config.threshold_method,
         threshold=config.threshold, threshold_scale=config.threshold_scale,
+        background_channels=barcodes,
     )
     plan = make_plan(volume, config, stats)
     timings["statistics"] = time.perf_counter() - t0
@@ -293,10 +296,15 @@ def segment_volume(volume: Volume, run_dir, config: SegmentConfig | None = None,
         create_label_image(labels_dir, "neurons", shape_zyx=shape, voxel_size=volume.voxel_size,
                            unit=volume.unit, chunks_zyx=chunks, overwrite=True)
     labels_path = str(labels_dir / "neurons" / "0")
-    step = partial(relabel_step, fragments_path=frag_path, lut_path=str(lut_path), labels_path=labels_path)
-    relabel_params = {"lut": array_digest(fragments.ids, neuron_of), **geometry}
-    run_blockwise(step, blocks, name="segment_relabel", state_dir=state, executor=executor,
-                  params=relabel_params, progress=progress)
+    contact_pass = bool(config.refine_neuron_contacts and plan.uses_codebook and config.use_barcodes)
+    contact_paths = {"volume_path": str(volume.path), "plan": plan,
+                     "neuron_barcodes_path": str(work / NEURON_BARCODES), "device": device} if contact_pass else {}
+    step = partial(relabel_step, fragments_path=frag_path, lut_path=str(lut_path), labels_path=labels_path,
+                   **contact_paths)
+    relabel_params = {"lut": array_digest(fragments.ids, neuron_of),
+                      "contact_pass": plan.to_params() if contact_pass else None, **geometry}
+    relabelled = run_blockwise(step, blocks, name="segment_relabel", state_dir=state, executor=executor,
+                               params=relabel_params, progress=progress)
     timings["relabel"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
 
@@ -313,6 +321,8 @@ def segment_volume(volume: Volume, run_dir, config: SegmentConfig | None = None,
         "method": "codebook" if plan.uses_codebook else ("greedy" if plan.barcodes else "fill"),
         "n_codes": codebook.n_identities if codebook is not None else 0,
         "agglomeration": info,
+        "contact_changes": (int(sum(r.get("contact_changes", 0) for r in relabelled if r)) if contact_pass
+                            else None),
         "timings": {k: round(v, 3) for k, v in timings.items()},
         "labels_path": labels_path,
     }

@@ -228,3 +228,38 @@ def test_histogram_percentiles_equal_numpy(dtype):
                  for _ in range(int(rng.integers(1, 4)))]
         q = [(1.0, 99.5), (0.0, 100.0), (37.3, 50.0)][trial % 3]
         np.testing.assert_array_equal(_percentiles(parts, q), np.percentile(np.concatenate(parts), q))
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32])
+def test_background_level_is_the_histogram_mode(dtype):
+    """A sparse channel: 85 % background at 100 +- 8, signal in a long upper tail; the low percentile is far below."""
+    from segment.blockwise import _background_level, _percentiles
+
+    rng = np.random.default_rng(5)
+    background = rng.normal(100.0, 8.0, 170_000)
+    signal = 100.0 + rng.exponential(400.0, 30_000)
+    values = np.concatenate([background, signal]).clip(0, 65535)
+    parts = [values[:90_000].astype(dtype), values[90_000:].astype(dtype)]   # split like sampled chunks
+    lo, hi = _percentiles(parts, (1.0, 99.5))
+    assert lo < 85.0
+    level = _background_level(parts, lo, hi)
+    assert abs(level - 100.0) < 5.0, level
+    assert _background_level([np.zeros(0, dtype)], 10.0, 20.0) == 10.0     # nothing counted: lo
+
+
+def test_contact_pass_on_and_off(scene, whole):
+    """The final contact pass changes some contact voxels and nothing else; off, labels are the lookup table's."""
+    folder, summary, with_pass = whole
+    assert summary["contact_changes"] > 0
+    off_summary, without = _segment(folder, scene, (24, 64, 64), name="no_contact_pass", refine_neuron_contacts=False)
+    assert off_summary["contact_changes"] is None
+    frags = zarr.open_array(str(folder / "no_contact_pass" / "work" / "fragments"), mode="r")[:]
+    lut = np.load(folder / "no_contact_pass" / "work" / "segment_lut.npz")
+    expected = np.where(frags == 0, 0, lut["values"][np.searchsorted(lut["keys"], frags)])
+    np.testing.assert_array_equal(without, expected)
+    changed = with_pass != without
+    assert 0 < changed.sum() <= summary["contact_changes"] * 1.0
+    # only labelled voxels next to another neuron move, and only to a neuron that was next to them
+    assert not (changed & (without == 0)).any() and not (changed & (with_pass == 0)).any()
+    fg = scene.truth > 0
+    assert voi(scene.truth[fg], with_pass[fg]) <= voi(scene.truth[fg], without[fg]) + 0.01
