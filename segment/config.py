@@ -156,27 +156,45 @@ class SegmentConfig(StrictModel):
         seeds). ``False``: the labels after flooding (until 2026-11-26).
     refine_neuron_contacts : bool
         After agglomeration, while the final labels are written, re-decide
-        once more every labelled voxel that touches another *neuron*: it
-        takes the neuron, among its own and its 26 neighbours', whose mean
-        barcode direction (``RUN/work/neuron_barcodes.npz``) is closest to
-        its deconvolved barcode (:func:`segment.blockwise.relabel_step`).
+        once more every labelled voxel that touches another *neuron*
+        (``contact_method`` says how; :func:`segment.blockwise.relabel_step`).
         Fragments are decided against the codebook's codes, before the
         agglomeration knows which neurons meet where; the final labels know.
         Contact voxels carry most of the VOI left: giving the wrongly
         assigned voxels that touch their true neuron back to it would lower
-        the demo's VOI from 0.57 to 0.12. The voxel's barcode is deconvolved
-        again for this pass, from the raw channels normalised from their
-        background level (see ``contact_deconvolution_iterations``). On six
-        sample seeds VOI fell by 0.10-0.12 (0.57-0.62 to 0.45-0.52), ARAND
-        by 0.01; it costs about a third of the segmentation's time.
+        the demo's VOI from 0.57 to 0.12. With the cosine method VOI fell by
+        0.10-0.12 on six sample seeds (0.57-0.62 to 0.45-0.52); the unmixing
+        method lowers it further (README, BENCHMARKS.md).
         Needs barcodes and a codebook;
         ``False``: labels straight from the lookup table (until 2026-11-26).
     contact_deconvolution_iterations : int
         Richardson-Lucy iterations (``deconvolution_method``) of the final
-        contact pass. More than ``deconvolution_iterations``: sharper
+        contact pass with ``contact_method`` cosine. More than ``deconvolution_iterations``: sharper
         barcodes decide contacts better, while the codebook, fragments and
         merges upstream are tuned for the default and merged neurons with 40
         (BENCHMARKS.md).
+    contact_method : {"unmix", "cosine"}
+        How the final contact pass (``refine_neuron_contacts``) decides a
+        contact voxel. ``unmix`` (default): fit every neuron's abundance
+        near its current label to the raw barcode channels under the PSF
+        (Richardson-Lucy on abundances with the neurons' barcodes known,
+        :mod:`segment.unmix`), then give the voxel the neuron of largest
+        abundance. ``cosine``: deconvolve each channel
+        (``contact_deconvolution_iterations``) and take the neuron whose
+        barcode direction is closest (until 2026-11-27). See BENCHMARKS.md
+        and the README for the measured difference.
+    contact_unmix_iterations : int
+        Iterations of the abundance fit. It fits the noise too when run for
+        long: VOI on the sample seeds is lowest near 50-60 and rises again
+        past 80.
+    contact_unmix_radius : int
+        How far (voxels, per axis) a neuron's abundance may reach beyond its
+        current label; the candidates of a contact voxel are the neurons
+        labelled within this box.
+    contact_unmix_background : float
+        Constant (in units of the normalised barcode channels) added to the
+        observation and the model of the abundance fit, so that voxels with
+        little signal are not fitted to their noise.
     barcode_weight : float
         How much barcode discontinuity (0..1) adds to the boundary map
         (0 disables that term: ablation). The boundary map is the watershed
@@ -278,6 +296,10 @@ class SegmentConfig(StrictModel):
     refine_contacts: bool = True
     refine_neuron_contacts: bool = True
     contact_deconvolution_iterations: int = Field(default=40, ge=0)
+    contact_method: Literal["unmix", "cosine"] = "unmix"
+    contact_unmix_iterations: int = Field(default=60, ge=1)
+    contact_unmix_radius: int = Field(default=2, ge=1, le=8)
+    contact_unmix_background: float = Field(default=0.05, gt=0)
     link_radius: float = Field(default=2.0, ge=0)
     link_min_size: int = Field(default=20, ge=0)
     barcode_weight: float = Field(default=1.0, ge=0)

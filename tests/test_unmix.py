@@ -1,0 +1,153 @@
+"""The unmixing contact pass: candidate slots, abundance fit, contact decisions."""
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from segment.unmix import candidate_slots, unmix_abundances, unmix_contacts
+
+PSF = (1.5, 1.5, 1.5)
+
+
+def _box_sets(labels, radius):
+    """Brute force: the set of non-zero labels within the box around every voxel."""
+    z, y, x = labels.shape
+    out = {}
+    for i in range(z):
+        for j in range(y):
+            for k in range(x):
+                box = labels[max(i - radius, 0):i + radius + 1, max(j - radius, 0):j + radius + 1,
+                             max(k - radius, 0):k + radius + 1]
+                out[i, j, k] = set(np.unique(box[box > 0]).tolist())
+    return out
+
+
+@pytest.mark.parametrize("radius", [0, 1, 2])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_candidate_slots_are_the_labels_in_the_box(radius, seed):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 4, size=(5, 7, 6)).astype(np.uint32)
+    labels[rng.random(labels.shape) < 0.5] = 0
+    slots, overflow = candidate_slots(labels, radius, max_candidates=4)
+    assert overflow == 0 and slots.shape == (4,) + labels.shape
+    # own label first
+    np.testing.assert_array_equal(slots[0][labels > 0], labels[labels > 0])
+    for (i, j, k), expected in _box_sets(labels, radius).items():
+        got = slots[:, i, j, k]
+        assert set(got[got > 0].tolist()) == expected
+        assert len(got[got > 0]) == len(expected)          # distinct
+
+
+def test_candidate_slots_count_the_overflow_and_reject_bad_arguments():
+    labels = np.zeros((1, 1, 5), np.uint32)
+    labels[0, 0, :] = [1, 2, 3, 4, 5]
+    slots, overflow = candidate_slots(labels, 2, max_candidates=2)
+    assert overflow == 5                                    # every voxel sees >= 3 labels
+    assert (slots > 0).all()
+    with pytest.raises(ValueError, match="radius"):
+        candidate_slots(labels, -1)
+    with pytest.raises(ValueError, match=r"\(z, y, x\)"):
+        candidate_slots(labels[0], 1)
+
+
+def _two_slabs(boundary=8, shape=(16, 12, 12), noise=0.0, seed=0):
+    """Two neurons stacked along z, orthogonal-ish barcodes, blurred by the PSF."""
+    truth = np.ones(shape, np.uint32)
+    truth[boundary:] = 2
+    codes = np.array([[0, 0, 0, 0], [1.0, 1.0, 0.05, 0.0], [0.0, 0.05, 1.2, 0.9]])
+    density = codes[truth].transpose(3, 0, 1, 2).astype(np.float32)
+    image = np.stack([ndi.gaussian_filter(ch, PSF, mode="reflect") for ch in density])
+    if noise:
+        image += np.random.default_rng(seed).normal(0, noise, image.shape).astype(np.float32)
+    return truth, np.maximum(image, 0), codes[1:]
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.02])
+def test_unmix_contacts_move_a_misplaced_boundary_back(noise):
+    truth, image, codes = _two_slabs(noise=noise)
+    labels = truth.copy()
+    labels[8] = 1                                            # neuron 1 took one layer of neuron 2
+    out = unmix_contacts(labels, image, codes, psf_sigma=PSF, iterations=60)
+    assert np.count_nonzero(labels != truth) == 144
+    assert np.count_nonzero(out != truth) <= (0 if noise == 0 else 14)
+    # the cosine of the blurred image alone would keep the misplaced layer: it is a 50/50 mixture
+    assert out.dtype == np.uint32
+
+
+def test_unmix_contacts_change_only_contact_voxels_to_nearby_neurons():
+    truth, image, codes = _two_slabs()
+    labels = truth.copy()
+    labels[:, :, :2] = 0                                    # unlabelled voxels stay unlabelled
+    labels[0:3, 0:3, 5:8] = 2                               # a misplaced island far from neuron 2's slab
+    out = unmix_contacts(labels, image, codes, psf_sigma=PSF, iterations=40)
+    assert (out[labels == 0] == 0).all() and (out[labels > 0] > 0).all()
+    changed = out != labels
+    pad = np.pad(labels, 1)
+    touching = np.zeros(labels.shape, bool)
+    for dz in (-1, 0, 1):
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                nb = pad[1 + dz:1 + dz + 16, 1 + dy:1 + dy + 12, 1 + dx:1 + dx + 12]
+                touching |= (nb != labels) & (nb > 0)
+    assert not (changed & ~touching).any()
+
+
+def test_unmix_without_contacts_or_labels_returns_the_labels():
+    truth, image, codes = _two_slabs()
+    one = np.ones_like(truth)
+    np.testing.assert_array_equal(unmix_contacts(one, image, codes, psf_sigma=PSF, iterations=5), one)
+    none = np.zeros_like(truth)
+    np.testing.assert_array_equal(unmix_contacts(none, image, codes, psf_sigma=PSF, iterations=5), none)
+    with pytest.raises(ValueError, match="barcodes"):
+        unmix_contacts(truth, image, codes[:1], psf_sigma=PSF, iterations=5)
+    with pytest.raises(ValueError, match="spatial shape"):
+        unmix_contacts(truth[1:], image, codes, psf_sigma=PSF, iterations=5)
+
+
+def test_abundances_fit_a_blurred_mixture_and_stay_in_their_support():
+    truth, image, codes = _two_slabs()
+    slots, _ = candidate_slots(truth, 2)
+    table = np.concatenate([np.zeros((1, 4)), codes])
+    u = unmix_abundances(image, slots, table, psf_sigma=PSF, iterations=80, beta=0.01)
+    assert (u[slots == 0] == 0).all() and (u >= 0).all()
+    # the neuron that fills a voxel has the larger abundance there, away from the volume's z faces
+    own = np.where(slots == truth[None], u, 0).max(axis=0)
+    other = np.where((slots != truth[None]) & (slots > 0), u, 0).max(axis=0)
+    inner = np.zeros(truth.shape, bool)
+    inner[2:-2] = True
+    assert (own[inner] > other[inner]).mean() > 0.99
+    with pytest.raises(ValueError, match="barcodes"):
+        unmix_abundances(image, slots, table[:2], psf_sigma=PSF, iterations=1)
+
+
+@pytest.mark.gpu
+def test_gpu_unmix_contacts_match_cpu():
+    cp = pytest.importorskip("cupy")
+    try:
+        if cp.cuda.runtime.getDeviceCount() < 1:
+            pytest.skip("no CUDA device")
+    except Exception:  # noqa: BLE001 - CUDA raises its own error types without a driver
+        pytest.skip("no CUDA device")
+    truth, image, codes = _two_slabs(noise=0.02)
+    labels = truth.copy()
+    labels[8] = 1
+    cpu = unmix_contacts(labels, image, codes, psf_sigma=PSF, iterations=40)
+    gpu = unmix_contacts(cp.asarray(labels), cp.asarray(image), codes, psf_sigma=PSF, iterations=40)
+    assert isinstance(gpu, cp.ndarray)
+    assert np.mean(cp.asnumpy(gpu) == cpu) > 0.999
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_numba_and_array_engines_agree(seed):
+    pytest.importorskip("numba")
+    truth, image, codes = _two_slabs(noise=0.02, seed=seed)
+    labels = truth.copy()
+    labels[5:11, 3:6, 3:6] = 3                               # a third neuron: three candidates per voxel
+    codes = np.vstack([codes, [0.5, 0.0, 0.0, 1.0]])
+    slots, _ = candidate_slots(labels, 2)
+    table = np.concatenate([np.zeros((1, 4)), codes])
+    fused = unmix_abundances(image, slots, table, psf_sigma=PSF, iterations=15, engine="auto")
+    plain = unmix_abundances(image, slots, table, psf_sigma=PSF, iterations=15, engine="xp")
+    np.testing.assert_allclose(fused, plain, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="engine"):
+        unmix_abundances(image, slots, table, psf_sigma=PSF, iterations=1, engine="numba")
