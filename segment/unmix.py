@@ -311,7 +311,7 @@ def _slot_passes(slots, table, c: int, engine: str):
 
 
 def unmix_contacts(labels, observed, barcodes, *, psf_sigma: Sequence[float], iterations: int,
-                   radius: int = 2, beta: float = 0.05, max_candidates: int = 4):
+                   radius: int = 2, beta: float = 0.05, max_candidates: int = 6):
     """Give every labelled voxel that touches another label the neuron of largest fitted abundance.
 
     Parameters
