@@ -29,8 +29,10 @@ The abundances are stored sparsely: each voxel holds at most
     B B B . .              slot 3: 0   (empty)
 
 One iteration costs two Gaussian blurs per channel (as one Richardson-Lucy
-iteration of the channels does) plus two small gathers per slot. Written once
-with ``xp`` so that CuPy arrays stay on the device.
+iteration of the channels does) plus two passes over the slots. The passes
+are array operations written once with ``xp``, so CuPy arrays stay on the
+device; on the host, when numba is installed, two fused kernels do the same
+arithmetic (tested equal) several times faster.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from segment.unmix import candidate_slots, unmix_abundances, unmix_contacts
+from segment.unmix import candidate_slots, core_barcodes, unmix_abundances, unmix_contacts
 
 PSF = (1.5, 1.5, 1.5)
 
@@ -151,3 +151,17 @@ def test_numba_and_array_engines_agree(seed):
     np.testing.assert_allclose(fused, plain, rtol=1e-4, atol=1e-6)
     with pytest.raises(ValueError, match="engine"):
         unmix_abundances(image, slots, table, psf_sigma=PSF, iterations=1, engine="numba")
+
+
+def test_core_barcodes_average_away_from_contacts_and_fall_back_when_small():
+    labels = np.zeros((12, 12, 12), np.uint32)
+    labels[:, :6] = 1
+    labels[:, 6:] = 2
+    labels[0:2, 0:2, 0:2] = 3                                 # too small to have a core
+    observed = np.zeros((2, 12, 12, 12), np.float32)
+    observed[0][labels == 1] = 2.0
+    observed[1][labels == 2] = 3.0
+    observed[:, :, 5:7] = 9.0                                 # the contact plane: mixed signal, excluded
+    fallback = np.array([[0.0, 0.0], [0.0, 0.0], [7.0, 8.0]])
+    got = core_barcodes(labels, observed, fallback, margin=2, min_voxels=10)
+    np.testing.assert_allclose(got, [[2.0, 0.0], [0.0, 3.0], [7.0, 8.0]])
