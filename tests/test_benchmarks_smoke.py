@@ -48,7 +48,8 @@ def test_gpu_block_benchmark_runs_on_the_cpu_and_prints_its_table():
     lines = out.stdout.splitlines()
     assert lines[0].startswith("block 16x64x64")
     steps = [line.split("|")[1].strip() for line in lines if line.startswith("| ") and not line.startswith("| step")]
-    assert steps == ["normalise", "deconvolve", "evidence", "codebook labels", "flood specks", "connected pieces",
+    assert steps == ["normalise", "deconvolve", "evidence", "codebook labels", "flood specks", "unmix contacts",
+                     "connected pieces",
                      "puncta (1 channel)", "per-label sums", "per-label histograms", "whole chain"]
     assert "GPU: not measured" in out.stdout
 

@@ -57,6 +57,7 @@ def chain(xp, fill, barcodes, codebook, sync):
     from segment import SegmentConfig, kernels
     from segment.codebook import assign_codes, despeckle
     from segment.puncta import PunctaConfig, detect_puncta
+    from segment.unmix import unmix_contacts
 
     config = SegmentConfig()
     state = {}
@@ -85,6 +86,17 @@ def chain(xp, fill, barcodes, codebook, sync):
         state["labels"] = despeckle(state["codes"], state["ev"].foreground, state["ev"].boundary,
                                     config.despeckle_size)
 
+    def unmix():
+        # the final contact pass (segment.unmix) on the flooded identities, one barcode per identity
+        centroids, identity = codebook
+        table = np.zeros((int(max(identity, default=0)), np.shape(centroids)[1]))
+        for row, ident in zip(np.asarray(centroids), identity):
+            table[int(ident) - 1] = row
+        state["contacts"] = unmix_contacts(state["labels"], state["norm"][1:], table, psf_sigma=config.psf_sigma,
+                                           iterations=config.contact_unmix_iterations,
+                                           radius=config.contact_unmix_radius,
+                                           beta=config.contact_unmix_background)
+
     def pieces():
         state["pieces"] = kernels.label_components(state["labels"] > 0)
 
@@ -98,7 +110,8 @@ def chain(xp, fill, barcodes, codebook, sync):
         state["histograms"] = label_histograms(state["labels"], barcodes, IntensityBins.for_dtype(barcodes.dtype))
 
     steps = {"normalise": normalise, "deconvolve": deconvolve, "evidence": evidence, "codebook labels": codes,
-             "flood specks": flood, "connected pieces": pieces, "puncta (1 channel)": puncta,
+             "flood specks": flood,
+             "unmix contacts": unmix, "connected pieces": pieces, "puncta (1 channel)": puncta,
              "per-label sums": measure, "per-label histograms": histograms}
 
     def timed(fn):
