@@ -231,7 +231,8 @@ def unmix_abundances(observed, slots, barcodes, *, psf_sigma: Sequence[float], i
     mix, update = _slot_passes(slots, table, c, engine)
     previous = None
     start, step = xp.empty_like(u), xp.empty_like(u)
-    mixed, model, ratio = (xp.empty_like(obs) for _ in range(3))
+    mixed, model = xp.empty_like(obs), xp.empty_like(obs)
+    ratio = mixed                       # the mixture is spent once blurred: its buffer takes the ratio
     for i in range(int(iterations)):
         if previous is not None:
             xp.subtract(u, previous, out=start)
@@ -352,7 +353,9 @@ def unmix_contacts(labels, observed, barcodes, *, psf_sigma: Sequence[float], it
     contact = _contacts(lab)
     if not bool(contact.any()):
         return lab
-    slots, overflow = candidate_slots(lab, radius, max_candidates)
+    # local ids are few: 16-bit slots halve the largest work array
+    compact = lab.astype(xp.uint16) if n < np.iinfo(np.uint16).max else lab
+    slots, overflow = candidate_slots(compact, radius, max_candidates)
     if overflow:
         log.debug("unmix_contacts: %d voxels have more than %d neurons within %d voxels",
                   overflow, max_candidates, radius)
@@ -360,7 +363,7 @@ def unmix_contacts(labels, observed, barcodes, *, psf_sigma: Sequence[float], it
     u = unmix_abundances(observed, slots, table, psf_sigma=psf_sigma, iterations=iterations, beta=beta)
     where = xp.nonzero(contact)
     best = xp.argmax(u[(slice(None),) + where], axis=0)
-    chosen = slots[(best,) + where]
+    chosen = slots[(best,) + where].astype(xp.uint32)
     out = lab.copy()
     # a voxel whose abundances all vanished keeps its label
     keep = u[(slice(None),) + where].max(axis=0) > 0
