@@ -263,3 +263,14 @@ def test_contact_pass_on_and_off(scene, whole):
     assert not (changed & (without == 0)).any() and not (changed & (with_pass == 0)).any()
     fg = scene.truth > 0
     assert voi(scene.truth[fg], with_pass[fg]) <= voi(scene.truth[fg], without[fg]) + 0.01
+
+
+def test_cosine_contact_method_still_decides_contacts(scene, whole):
+    """``contact_method: cosine`` (session 5's pass) runs too; both passes keep the foreground and stay close."""
+    folder, summary, unmixed = whole
+    cos_summary, cosine = _segment(folder, scene, (24, 64, 64), name="cosine_pass", contact_method="cosine")
+    assert cos_summary["contact_changes"] > 0
+    np.testing.assert_array_equal(cosine > 0, unmixed > 0)
+    fg = scene.truth > 0
+    # on this scene the unmixing pass recovers the truth exactly (VOI 0.0 vs 0.009 with the cosine)
+    assert voi(scene.truth[fg], unmixed[fg]) <= voi(scene.truth[fg], cosine[fg]) + 0.01
