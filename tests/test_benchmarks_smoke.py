@@ -69,3 +69,12 @@ def test_histogram_cost_script_reports_both_kernels(tmp_path, caplog):
         main(["--volume", str(tmp_path / "v"), "--labels", str(tmp_path / "l"), "--z", "4", "--repeats", "1"])
     assert "| label_sums |" in caplog.text and "| label_histograms |" in caplog.text
     assert "histograms / sums" in caplog.text
+
+
+def test_contact_cost_script_times_both_methods():
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-m", "benchmarks.contact_cost", "--shape", "16,64,64", "--block-shape",
+                          "16,64,64", "--repeats", "1"], cwd=repo, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| cosine") or line.startswith("| unmix")]
+    assert len(rows) == 2 and rows[0].split("|")[5].strip() == "1.00"
