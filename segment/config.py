@@ -181,8 +181,10 @@ class SegmentConfig(StrictModel):
         :mod:`segment.unmix`), then give the voxel the neuron of largest
         abundance. ``cosine``: deconvolve each channel
         (``contact_deconvolution_iterations``) and take the neuron whose
-        barcode direction is closest (until 2026-11-27). See BENCHMARKS.md
-        and the README for the measured difference.
+        barcode direction is closest (until 2026-11-27). Measured on
+        seeds 0-5: VOI 0.350-0.385 with unmix, 0.452-0.520 with cosine; the
+        whole CPU pipeline runs 2.9x longer with unmix (BENCHMARKS.md,
+        ``python -m benchmarks.contact_cost``).
     contact_unmix_iterations : int
         Iterations of the abundance fit. It fits the noise too when run for
         long: VOI on the sample seeds is lowest near 50-60 and rises again
