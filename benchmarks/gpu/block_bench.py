@@ -123,9 +123,9 @@ def chain(xp, fill, barcodes, codebook, sync):
     return {name: timed(fn) for name, fn in steps.items()}
 
 
-def run_chain(xp, fill, barcodes, codebook, repeats: int, sync) -> dict:
-    """Median seconds of every step (and of the whole chain) after one warm-up."""
-    steps = chain(xp, fill, barcodes, codebook, sync)
+def run_chain(xp, fill, barcodes, codebook, repeats: int, sync, skip=()) -> dict:
+    """Median seconds of every step (and of the whole chain) after one warm-up; ``skip`` names steps left out."""
+    steps = {name: fn for name, fn in chain(xp, fill, barcodes, codebook, sync).items() if name not in skip}
     for fn in steps.values():  # warm-up: kernels compiled, memory touched
         fn()
     times = {name: [] for name in steps}
@@ -177,6 +177,8 @@ def main(argv=None) -> int:
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="after the timings, run the chain once more under cProfile and print the N "
                              "functions with the most cumulative time (GPU when there is one)")
+    parser.add_argument("--skip", action="append", default=[], metavar="STEP",
+                        help='leave a step out of the chain (repeatable), e.g. "unmix contacts"')
     parser.add_argument("--tile", default="1,1,1",
                         help="repeat the synthetic block Z,Y,X times (a big block without rendering one)")
     args = parser.parse_args(argv)
@@ -201,12 +203,13 @@ def main(argv=None) -> int:
     if args.gpu_only and cp is None:
         print("GPU: not measured (no CUDA device visible to CuPy)")
         return 0
-    rows = {} if args.gpu_only else {"cpu": run_chain(np, fill, barcodes, codebook, args.repeats, lambda: None)}
+    rows = {} if args.gpu_only else {"cpu": run_chain(np, fill, barcodes, codebook, args.repeats, lambda: None,
+                                                          args.skip)}
     device = "none"
     if cp is not None:
         device = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
         rows["gpu"] = run_chain(cp, cp.asarray(fill), cp.asarray(barcodes), codebook, args.repeats,
-                                lambda: cp.cuda.Stream.null.synchronize())
+                                lambda: cp.cuda.Stream.null.synchronize(), args.skip)
     from pipeline.filters import opencv_available
 
     filters = "OpenCV" if opencv_available() else "scipy.ndimage (no OpenCV here: slower than our CPU path)"
