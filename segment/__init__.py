@@ -83,6 +83,7 @@ def make_plan(volume: Volume, config: SegmentConfig, stats: dict) -> FragmentPla
         unmix_iterations=config.contact_unmix_iterations,
         unmix_radius=config.contact_unmix_radius,
         unmix_background=config.contact_unmix_background,
+        unmix_rounds=config.contact_unmix_rounds,
         threshold=float(stats["threshold"]),
         sigma=config.sigma_voxels(volume.voxel_size, "sigma"),
         barcode_sigma=config.sigma_voxels(volume.voxel_size, "barcode_sigma"),

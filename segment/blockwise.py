@@ -81,7 +81,7 @@ class FragmentPlan:
         Background level of each barcode channel (for the final contact pass).
     contact_iterations : int
         Deconvolution iterations of the final contact pass (``contact_method`` cosine).
-    contact_method, unmix_iterations, unmix_radius, unmix_background
+    contact_method, unmix_iterations, unmix_radius, unmix_background, unmix_rounds
         How the final contact pass decides (see :class:`segment.config.SegmentConfig`).
     threshold : float
         Foreground threshold on the smoothed normalised fill.
@@ -131,6 +131,7 @@ class FragmentPlan:
     unmix_iterations: int = 0
     unmix_radius: int = 2
     unmix_background: float = 0.05
+    unmix_rounds: int = 1
 
     @property
     def uses_codebook(self) -> bool:
@@ -708,9 +709,14 @@ def _refine_neuron_contacts(neurons: np.ndarray, volume_path: str, plan: Fragmen
         observed, fallback = unmixing_inputs(to_device(raw, device), directions, plan)
         local = to_device(local, device)
         barcodes = core_barcodes(local, observed, fallback)
-        refined = unmix_contacts(local, observed, barcodes, psf_sigma=plan.psf_sigma,
-                                 iterations=plan.unmix_iterations, radius=plan.unmix_radius,
-                                 beta=plan.unmix_background)
+        refined = local
+        for round_ in range(plan.unmix_rounds):
+            if round_:
+                # the labels moved: each neuron's core moved with them
+                barcodes = core_barcodes(refined, observed, fallback)
+            refined = unmix_contacts(refined, observed, barcodes, psf_sigma=plan.psf_sigma,
+                                     iterations=plan.unmix_iterations, radius=plan.unmix_radius,
+                                     beta=plan.unmix_background)
         return original[to_host(refined)]
     directions /= np.maximum(np.linalg.norm(directions, axis=1, keepdims=True), 1e-12)
     bc = contact_barcodes(to_device(raw, device), plan)

@@ -274,3 +274,12 @@ def test_cosine_contact_method_still_decides_contacts(scene, whole):
     fg = scene.truth > 0
     # on this scene the unmixing pass recovers the truth exactly (VOI 0.0 vs 0.009 with the cosine)
     assert voi(scene.truth[fg], unmixed[fg]) <= voi(scene.truth[fg], cosine[fg]) + 0.01
+
+
+def test_unmixing_rounds_keep_the_foreground(scene, whole):
+    """A second unmixing round starts from the first's labels: foreground unchanged, no worse on this scene."""
+    folder, summary, one_round = whole
+    two_summary, two_rounds = _segment(folder, scene, (24, 64, 64), name="two_rounds", contact_unmix_rounds=2)
+    np.testing.assert_array_equal(two_rounds > 0, one_round > 0)
+    fg = scene.truth > 0
+    assert voi(scene.truth[fg], two_rounds[fg]) <= voi(scene.truth[fg], one_round[fg]) + 0.01
