@@ -43,7 +43,7 @@ from typing import Sequence
 import numpy as np
 
 from pipeline import array_module, to_host
-from pipeline.filters import gaussian
+from pipeline.filters import gaussian, maximum
 
 from .kernels import PSF_TRUNCATE
 
@@ -397,13 +397,7 @@ def core_barcodes(labels, observed, fallback, *, margin: int = 2, min_voxels: in
     fallback = np.asarray(fallback, dtype=np.float64)
     n, c = fallback.shape
     lab = labels.astype(xp.uint32, copy=False)
-    near = _contacts(lab)
-    for axis in range(3):
-        grown = near.copy()
-        for offset in range(-margin, margin + 1):
-            if offset:
-                grown |= _shifted(near, offset, axis)
-        near = grown
+    near = maximum(_contacts(lab).view(xp.uint8), 2 * margin + 1) > 0
     core = (lab > 0) & ~near
     ids = lab[core].astype(xp.int64)
     counts = to_host(xp.bincount(ids, minlength=n + 1))[1:n + 1]
