@@ -646,14 +646,18 @@ def relabel_step(block: Block, *, fragments_path: str, lut_path: str, labels_pat
     return {"voxels": int(np.count_nonzero(out)), **stats}
 
 
+def _background_levels(plan: FragmentPlan) -> np.ndarray:
+    """Each barcode channel's background level (its low percentile where none was measured)."""
+    return np.array([plan.background.get(c, plan.lo[c]) for c in plan.barcodes], np.float64)
+
+
 def contact_barcodes(raw, plan: FragmentPlan):
     """The barcodes of a raw (k, z, y, x) read region for the final contact pass.
 
     Normalised from each channel's background level to its high percentile,
     then deconvolved as in :func:`block_evidence` with ``plan.contact_iterations``.
     """
-    lo = [plan.background.get(c, plan.lo[c]) for c in plan.barcodes]
-    norm = kernels.normalize(raw, lo, [plan.hi[c] for c in plan.barcodes])
+    norm = kernels.normalize(raw, _background_levels(plan), [plan.hi[c] for c in plan.barcodes])
     return kernels.deconvolve(norm, plan.psf_sigma, plan.contact_iterations,
                               acceleration=plan.deconvolution_acceleration,
                               method=plan.deconvolution_method, balance=plan.wiener_balance)
@@ -673,7 +677,7 @@ def unmixing_inputs(raw, means: np.ndarray, plan: FragmentPlan):
     whole fragments include their contacts, and on the demo sample the fit
     with them left VOI 0.04 higher.
     """
-    bg = np.array([plan.background.get(c, plan.lo[c]) for c in plan.barcodes], np.float64)
+    bg = _background_levels(plan)
     lo = np.array([plan.lo[c] for c in plan.barcodes], np.float64)
     hi = np.array([plan.hi[c] for c in plan.barcodes], np.float64)
     observed = kernels.normalize(raw, bg, hi)
@@ -708,12 +712,10 @@ def _refine_neuron_contacts(neurons: np.ndarray, volume_path: str, plan: Fragmen
     if plan.contact_method == "unmix":
         observed, fallback = unmixing_inputs(to_device(raw, device), directions, plan)
         local = to_device(local, device)
-        barcodes = core_barcodes(local, observed, fallback)
         refined = local
-        for round_ in range(plan.unmix_rounds):
-            if round_:
-                # the labels moved: each neuron's core moved with them
-                barcodes = core_barcodes(refined, observed, fallback)
+        for _ in range(plan.unmix_rounds):
+            # each round's labels move the neurons' cores: their barcodes are taken again
+            barcodes = core_barcodes(refined, observed, fallback)
             refined = unmix_contacts(refined, observed, barcodes, psf_sigma=plan.psf_sigma,
                                      iterations=plan.unmix_iterations, radius=plan.unmix_radius,
                                      beta=plan.unmix_background)
