@@ -1,4 +1,4 @@
-"""Cost of the final contact pass: the pipeline with each ``segment.contact_method`` in one process.
+"""Cost of the final contact pass: the pipeline with each contact-pass variant in one process.
 
     .venv/bin/python -m benchmarks.contact_cost [--shape 64,256,256] [--repeats 3]
 
@@ -28,18 +28,25 @@ from .suite import _make_sample, _quiet_stdout, _shape
 
 log = logging.getLogger("benchmarks.contact_cost")
 
-METHODS = ("cosine", "unmix")
+def _variants() -> dict:
+    from segment import SegmentConfig
+
+    return {
+        "cosine": {"contact_method": "cosine"},
+        "unmix": {"contact_method": "unmix"},
+        "unmix, full halo": {"contact_method": "unmix", "contact_halo": list(SegmentConfig().halo)},
+    }
 
 
-def _config(sample_dir: Path, out: Path, block_shape, method: str):
+def _config(sample_dir: Path, out: Path, block_shape, name: str, segment: dict):
     from workflows.spec import WorkflowConfig
 
     return WorkflowConfig.model_validate({
-        "name": f"contact-{method}",
+        "name": "contact-" + name.replace(", ", "-").replace(" ", "-"),
         "input": {"volume": str(sample_dir / "volume.zarr")},
         "output": str(out),
         "compute": {"scheduler": "synchronous", "device": "cpu", "block_shape": list(block_shape)},
-        "segment": {"contact_method": method},
+        "segment": segment,
     })
 
 
@@ -60,16 +67,17 @@ def run(shape, block_shape, repeats: int, work: Path) -> dict:
     from workflows.run import run_workflow
 
     sample = _make_sample(work, shape, seed=0)
-    walls = {m: [] for m in METHODS}
-    relabel = {m: [] for m in METHODS}
+    variants = _variants()
+    walls = {m: [] for m in variants}
+    relabel = {m: [] for m in variants}
     quality = {}
     for i in range(repeats + 1):                      # the first round is the warm-up
-        for method in METHODS:
-            out = work / f"run-{method}"
+        for k, (method, segment) in enumerate(variants.items()):
+            out = work / f"run-{k}"
             shutil.rmtree(out, ignore_errors=True)
             start = time.perf_counter()
             with _quiet_stdout():
-                run_workflow(_config(sample, out, block_shape, method), progress=False)
+                run_workflow(_config(sample, out, block_shape, method, segment), progress=False)
             wall = time.perf_counter() - start
             record = json.loads((out / "run.json").read_text())
             if i:
@@ -81,7 +89,7 @@ def run(shape, block_shape, repeats: int, work: Path) -> dict:
     mvox = float(np.prod(shape)) / 1e6
     return {m: {"wall_s": statistics.median(walls[m]), "runs_s": [round(w, 2) for w in walls[m]],
                 "relabel_s": statistics.median(relabel[m]), "mvox_per_s": mvox / statistics.median(walls[m]),
-                **quality[m]} for m in METHODS}
+                **quality[m]} for m in variants}
 
 
 def main(argv=None) -> int:
@@ -96,7 +104,7 @@ def main(argv=None) -> int:
     base = result["cosine"]["wall_s"]
     print(f"sample {'x'.join(map(str, args.shape))}, blocks {'x'.join(map(str, args.block_shape))}, "
           f"synchronous, 1 process; medians of {args.repeats} after a warm-up")
-    print("| contact_method | run s | relabel s | Mvox/s per core | run ÷ cosine | VOI split | VOI merge | ARAND |")
+    print("| contact pass | run s | relabel s | Mvox/s per core | run ÷ cosine | VOI split | VOI merge | ARAND |")
     print("|---|---|---|---|---|---|---|---|")
     for method, r in result.items():
         print(f"| {method} | {r['wall_s']:.2f} | {r['relabel_s']:.2f} | {r['mvox_per_s']:.3f} | "

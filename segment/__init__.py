@@ -308,7 +308,13 @@ def segment_volume(volume: Volume, run_dir, config: SegmentConfig | None = None,
                    **contact_paths)
     relabel_params = {"lut": array_digest(fragments.ids, neuron_of),
                       "contact_pass": plan.to_params() if contact_pass else None, **geometry}
-    relabelled = run_blockwise(step, blocks, name="segment_relabel", state_dir=state, executor=executor,
+    relabel_blocks, contact_halo = blocks, None
+    if contact_pass:
+        # the same write regions with the contact pass's own (smaller) context
+        contact_halo = config.contact_halo_voxels(volume.voxel_size)
+        relabel_blocks = list(BlockGrid(volume.spatial_shape, grid.block_shape, halo=contact_halo, chunks=grid.chunks))
+        relabel_params["contact_halo"] = list(contact_halo)
+    relabelled = run_blockwise(step, relabel_blocks, name="segment_relabel", state_dir=state, executor=executor,
                                params=relabel_params, progress=progress)
     timings["relabel"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
@@ -320,6 +326,7 @@ def segment_volume(volume: Volume, run_dir, config: SegmentConfig | None = None,
         "threshold": stats["threshold"],
         "otsu": stats["otsu"],
         "halo": list(halo),
+        "contact_halo": list(contact_halo) if contact_halo is not None else None,
         "block_shape": list(hgrid.block_shape),
         "n_blocks": len(blocks),
         "device": device,

@@ -283,3 +283,31 @@ def test_unmixing_rounds_keep_the_foreground(scene, whole):
     np.testing.assert_array_equal(two_rounds > 0, one_round > 0)
     fg = scene.truth > 0
     assert voi(scene.truth[fg], two_rounds[fg]) <= voi(scene.truth[fg], one_round[fg]) + 0.01
+
+
+def test_contact_halo_is_the_psf_reach_and_changes_little(scene, whole):
+    """The contact pass reads 3 PSF sigmas + radius + 1 around each block; with the full halo it decides alike."""
+    folder, _, _ = whole
+    small_summary, small = _segment(folder, scene, (24, 32, 32), name="contact_halo_auto")
+    volume = Volume.open(folder / "volume.zarr")
+    expected = SegmentConfig(**SMALL).contact_halo_voxels(volume.voxel_size)
+    assert small_summary["contact_halo"] == list(expected)
+    assert all(c <= h for c, h in zip(expected, small_summary["halo"]))
+    assert tuple(expected) != tuple(small_summary["halo"])           # the point: a smaller read region
+    full_summary, full = _segment(folder, scene, (24, 32, 32), name="contact_halo_full",
+                                  contact_halo=small_summary["halo"])
+    assert full_summary["contact_halo"] == small_summary["halo"]
+    np.testing.assert_array_equal(small > 0, full > 0)
+    agree = np.mean(small == full)
+    assert agree >= 0.995
+    fg = scene.truth > 0
+    assert abs(voi(scene.truth[fg], small[fg]) - voi(scene.truth[fg], full[fg])) <= 0.02
+
+
+def test_contact_halo_config():
+    config = SegmentConfig(psf_sigma=(0.6, 0.15, 0.15), sigma_unit="physical", contact_unmix_radius=2)
+    assert config.contact_halo_voxels((0.4, 0.1, 0.1)) == (8, 8, 8)      # ceil(3 * 1.5) + 2 + 1
+    assert SegmentConfig(halo=(4, 16, 16)).contact_halo_voxels((1.0, 1.0, 1.0))[0] <= 4
+    assert SegmentConfig(contact_halo=5).contact_halo_voxels((1.0, 1.0, 1.0)) == (5, 5, 5)
+    with pytest.raises(ValueError, match="contact_halo"):
+        SegmentConfig(contact_halo=(1, -1, 2))
