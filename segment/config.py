@@ -9,7 +9,7 @@ used for all three axes.
 from __future__ import annotations
 
 import math
-from typing import Literal, Optional
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -321,7 +321,7 @@ class SegmentConfig(StrictModel):
     contact_unmix_radius: int = Field(default=2, ge=1, le=8)
     contact_unmix_background: float = Field(default=0.05, gt=0)
     contact_unmix_rounds: int = Field(default=1, ge=1, le=10)
-    contact_halo: Optional[tuple[int, int, int]] = None
+    contact_halo: tuple[int, int, int] | None = None
     link_radius: float = Field(default=2.0, ge=0)
     link_min_size: int = Field(default=20, ge=0)
     barcode_weight: float = Field(default=1.0, ge=0)
