@@ -307,12 +307,12 @@ def segment_volume(volume: Volume, run_dir, config: SegmentConfig | None = None,
     step = partial(relabel_step, fragments_path=frag_path, lut_path=str(lut_path), labels_path=labels_path,
                    **contact_paths)
     # the contact pass reads its own (smaller) context around the same write regions
-    contact_halo = config.contact_halo_voxels(volume.voxel_size) if contact_pass else None
+    contact_halo = list(config.contact_halo_voxels(volume.voxel_size)) if contact_pass else None
     relabel_blocks = blocks if contact_halo is None else list(
         BlockGrid(volume.spatial_shape, grid.block_shape, halo=contact_halo, chunks=grid.chunks))
     relabel_params = {"lut": array_digest(fragments.ids, neuron_of),
                       "contact_pass": plan.to_params() if contact_pass else None,
-                      "contact_halo": list(contact_halo) if contact_halo is not None else None, **geometry}
+                      "contact_halo": contact_halo, **geometry}
     relabelled = run_blockwise(step, relabel_blocks, name="segment_relabel", state_dir=state, executor=executor,
                                params=relabel_params, progress=progress)
     timings["relabel"] = time.perf_counter() - t
@@ -325,7 +325,7 @@ def segment_volume(volume: Volume, run_dir, config: SegmentConfig | None = None,
         "threshold": stats["threshold"],
         "otsu": stats["otsu"],
         "halo": list(halo),
-        "contact_halo": list(contact_halo) if contact_halo is not None else None,
+        "contact_halo": contact_halo,
         "block_shape": list(hgrid.block_shape),
         "n_blocks": len(blocks),
         "device": device,

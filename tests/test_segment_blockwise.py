@@ -298,8 +298,7 @@ def test_contact_halo_is_the_psf_reach_and_changes_little(scene, whole):
                                   contact_halo=small_summary["halo"])
     assert full_summary["contact_halo"] == small_summary["halo"]
     np.testing.assert_array_equal(small > 0, full > 0)
-    agree = np.mean(small == full)
-    assert agree >= 0.995
+    assert np.mean(small == full) >= 0.995
     fg = scene.truth > 0
     assert abs(voi(scene.truth[fg], small[fg]) - voi(scene.truth[fg], full[fg])) <= 0.02
 
