@@ -249,6 +249,9 @@ def segment_volume(volume: Volume, run_dir, config: SegmentConfig | None = None,
         else:
             log.warning("%s: no barcode code found; using greedy agglomeration", volume.path)
         write_json(work / "codebook.json", codebook.to_dict())
+    # The votes carry up to SAMPLES_PER_BLOCK vectors per code from every block: the one
+    # client-side list that grows with the block count. Nothing after the codebook needs them.
+    del votes
 
     # Pass 2: fragments.
     t = time.perf_counter()
@@ -257,6 +260,7 @@ def segment_volume(volume: Volume, run_dir, config: SegmentConfig | None = None,
     summaries = run_blockwise(step, blocks, name="segment_fragments", state_dir=state, executor=executor,
                               params={"plan": plan.to_params(), **geometry}, progress=progress)
     fragments = FragmentTable.concat(summaries)
+    del summaries
     timings["fragments"] = time.perf_counter() - t
 
     # Pass 3: adjacency edges (inside blocks and across block faces).
@@ -285,6 +289,10 @@ def segment_volume(volume: Volume, run_dir, config: SegmentConfig | None = None,
         np.savez(f, keys=fragments.ids, values=neuron_of)
     if plan.barcodes:
         _write_neuron_barcodes(work / NEURON_BARCODES, fragments, neuron_of)
+    n_edges = len(edges)
+    # Edges and links grow with the volume and only the lookup table needs them: free them
+    # before the relabel pass, whose blocks (with the contact pass) need the most memory.
+    del edges, links
     timings["agglomerate"] = time.perf_counter() - t
 
     # Pass 4: relabel into RUN/labels.zarr/neurons.
@@ -320,7 +328,7 @@ def segment_volume(volume: Volume, run_dir, config: SegmentConfig | None = None,
 
     summary = {
         "n_fragments": int(len(fragments)),
-        "n_edges": int(len(edges)),
+        "n_edges": int(n_edges),
         "n_neurons": int(info["n_neurons"]),
         "threshold": stats["threshold"],
         "otsu": stats["otsu"],
