@@ -11,7 +11,11 @@ vs volume size"):
   blocks sat 100-200 MiB above the libraries; :func:`workflows.run.limit_heap_retention`
   keeps one arena;
 * the evaluation (inside ``connectome run`` when the workflow names a truth)
-  read both label volumes whole; it now counts overlaps slab by slab.
+  read both label volumes whole; it now counts overlaps slab by slab;
+* :func:`segment.segment_volume` kept the codebook votes (up to 256 sample
+  vectors per code from every block), the block summaries, the edges and the
+  links alive through the relabel pass, whose blocks need the most memory; it
+  frees them once used (tested in ``tests/test_segment_blockwise.py``).
 
 These tests use tracemalloc (allocations, not timings) and, for the
 allocator, the RSS of a fresh subprocess.
