@@ -249,8 +249,8 @@ def segment_volume(volume: Volume, run_dir, config: SegmentConfig | None = None,
         else:
             log.warning("%s: no barcode code found; using greedy agglomeration", volume.path)
         write_json(work / "codebook.json", codebook.to_dict())
-    # The votes carry up to SAMPLES_PER_BLOCK vectors per code from every block: the one
-    # client-side list that grows with the block count. Nothing after the codebook needs them.
+    # The votes carry up to SAMPLES_PER_BLOCK vectors per code from every block, so they grow
+    # with the block count; nothing after the codebook needs them.
     del votes
 
     # Pass 2: fragments.
@@ -289,7 +289,7 @@ def segment_volume(volume: Volume, run_dir, config: SegmentConfig | None = None,
         np.savez(f, keys=fragments.ids, values=neuron_of)
     if plan.barcodes:
         _write_neuron_barcodes(work / NEURON_BARCODES, fragments, neuron_of)
-    n_edges = len(edges)
+    n_edges = int(len(edges))
     # Edges and links grow with the volume and only the lookup table needs them: free them
     # before the relabel pass, whose blocks (with the contact pass) need the most memory.
     del edges, links
@@ -328,7 +328,7 @@ def segment_volume(volume: Volume, run_dir, config: SegmentConfig | None = None,
 
     summary = {
         "n_fragments": int(len(fragments)),
-        "n_edges": int(n_edges),
+        "n_edges": n_edges,
         "n_neurons": int(info["n_neurons"]),
         "threshold": stats["threshold"],
         "otsu": stats["otsu"],
