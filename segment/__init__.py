@@ -84,6 +84,8 @@ def make_plan(volume: Volume, config: SegmentConfig, stats: dict) -> FragmentPla
         unmix_radius=config.contact_unmix_radius,
         unmix_background=config.contact_unmix_background,
         unmix_rounds=config.contact_unmix_rounds,
+        unmix_smoothing=config.contact_smoothing_voxels(volume.voxel_size),
+        unmix_grow=config.contact_unmix_grow,
         threshold=float(stats["threshold"]),
         sigma=config.sigma_voxels(volume.voxel_size, "sigma"),
         barcode_sigma=config.sigma_voxels(volume.voxel_size, "barcode_sigma"),

@@ -81,7 +81,7 @@ class FragmentPlan:
         Background level of each barcode channel (for the final contact pass).
     contact_iterations : int
         Deconvolution iterations of the final contact pass (``contact_method`` cosine).
-    contact_method, unmix_iterations, unmix_radius, unmix_background, unmix_rounds
+    contact_method, unmix_iterations, unmix_radius, unmix_background, unmix_rounds, unmix_smoothing, unmix_grow
         How the final contact pass decides (see :class:`segment.config.SegmentConfig`).
     threshold : float
         Foreground threshold on the smoothed normalised fill.
@@ -132,6 +132,8 @@ class FragmentPlan:
     unmix_radius: int = 2
     unmix_background: float = 0.05
     unmix_rounds: int = 1
+    unmix_smoothing: tuple | None = None
+    unmix_grow: float | None = None
 
     @property
     def uses_codebook(self) -> bool:
@@ -605,7 +607,8 @@ def relabel_step(block: Block, *, fragments_path: str, lut_path: str, labels_pat
     With ``volume_path``, ``plan`` and ``neuron_barcodes_path`` (the
     neurons' mean barcodes), a final contact pass runs first on the neuron
     labels of the block's *read* region: every labelled voxel that touches
-    another neuron (26-neighbourhood) is decided again. With
+    another neuron (26-neighbourhood) is decided again, and with
+    ``plan.unmix_grow`` an unlabelled voxel near a neuron may join it. With
     ``plan.contact_method`` "unmix" (default) it takes the neuron of largest
     abundance in a fit of the neurons' barcodes to the raw channels under the
     PSF (:func:`segment.unmix.unmix_contacts`; candidates: the neurons
@@ -718,7 +721,8 @@ def _refine_neuron_contacts(neurons: np.ndarray, volume_path: str, plan: Fragmen
             barcodes = core_barcodes(refined, observed, fallback)
             refined = unmix_contacts(refined, observed, barcodes, psf_sigma=plan.psf_sigma,
                                      iterations=plan.unmix_iterations, radius=plan.unmix_radius,
-                                     beta=plan.unmix_background)
+                                     beta=plan.unmix_background, smoothing=plan.unmix_smoothing,
+                                     grow_threshold=plan.unmix_grow)
         return original[to_host(refined)]
     directions /= np.maximum(np.linalg.norm(directions, axis=1, keepdims=True), 1e-12)
     bc = contact_barcodes(to_device(raw, device), plan)

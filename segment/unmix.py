@@ -47,7 +47,7 @@ from pipeline.filters import gaussian, maximum
 
 from .kernels import PSF_TRUNCATE
 
-__all__ = ["candidate_slots", "core_barcodes", "unmix_abundances", "unmix_contacts"]
+__all__ = ["candidate_slots", "core_barcodes", "smooth_abundances", "unmix_abundances", "unmix_contacts"]
 
 log = logging.getLogger(__name__)
 
@@ -313,8 +313,82 @@ def _slot_passes(slots, table, c: int, engine: str):
     return mix, update
 
 
+def smooth_abundances(u, slots, sigma: Sequence[float], *, truncate: float = 4.0):
+    """Each neuron's abundance blurred by a Gaussian of ``sigma`` voxels, read back into its slots.
+
+    A voxel's abundances carry the per-voxel expression noise of the
+    fluorophores; its neighbours' abundances of the same neuron are nearly
+    independent evidence about the same boundary. Blurring each neuron's
+    abundance map a little (well below the PSF) before the argmax averages
+    that noise out, as a majority vote would, but weighted by the fit and
+    without eroding one-voxel-thin neurites.
+
+    Parameters
+    ----------
+    u : array (s, z, y, x) of float32
+        Abundances per slot (:func:`unmix_abundances`).
+    slots : array (s, z, y, x) of int
+        Neuron of each slot (0: empty); a neuron occupies at most one slot of a voxel.
+    sigma : (z, y, x)
+        Standard deviation in voxels; 0 on an axis leaves that axis alone.
+    truncate : float
+        Kernel half-width in standard deviations.
+
+    Returns
+    -------
+    array (s, z, y, x) of float32
+        0 in empty slots.
+    """
+    xp = array_module(u)
+    if u.shape != slots.shape or u.ndim != 4:
+        raise ValueError(f"smooth_abundances: u {u.shape} and slots {slots.shape} must be one (s, z, y, x) shape")
+    sigma = tuple(float(v) for v in sigma)
+    if len(sigma) != 3 or any(v < 0 for v in sigma):
+        raise ValueError(f"smooth_abundances needs three sigmas >= 0 (z, y, x), got {sigma}")
+    out = xp.zeros_like(u)
+    if not any(sigma) or not bool((slots > 0).any()):
+        out[...] = u
+        return out
+    reach = [int(truncate * v + 0.5) for v in sigma]
+    for neuron, box in _neuron_boxes(slots, reach):
+        mine = slots[(slice(None),) + box] == neuron
+        dense = (u[(slice(None),) + box] * mine).sum(axis=0)
+        blurred = gaussian(dense, sigma, truncate=truncate, mode="reflect")
+        out[(slice(None),) + box] += mine * blurred[None]
+    return out
+
+
+def _neuron_boxes(slots, reach):
+    """``(neuron, box)`` for every neuron in ``slots``: its bounding box grown by ``reach`` (z, y, x).
+
+    On the host the boxes come from ``scipy.ndimage.find_objects``; on a GPU
+    every box is the whole block (cheaper than copying ``slots`` to the host).
+    """
+    xp = array_module(slots)
+    n = int(slots.max())
+    shape = slots.shape[1:]
+    if xp is not np:
+        whole = tuple(slice(0, s) for s in shape)
+        return [(k, whole) for k in range(1, n + 1)]
+    from scipy import ndimage as ndi
+
+    boxes: dict[int, list] = {}
+    for k in range(slots.shape[0]):
+        for index, found in enumerate(ndi.find_objects(slots[k], max_label=n)):
+            if found is None:
+                continue
+            lo = [sl.start for sl in found]
+            hi = [sl.stop for sl in found]
+            box = boxes.setdefault(index + 1, [lo, hi])
+            box[0] = [min(a, b) for a, b in zip(box[0], lo)]
+            box[1] = [max(a, b) for a, b in zip(box[1], hi)]
+    return [(neuron, tuple(slice(max(a - r, 0), min(b + r, s)) for a, b, r, s in zip(lo, hi, reach, shape)))
+            for neuron, (lo, hi) in sorted(boxes.items())]
+
+
 def unmix_contacts(labels, observed, barcodes, *, psf_sigma: Sequence[float], iterations: int,
-                   radius: int = 2, beta: float = 0.05, max_candidates: int = 6):
+                   radius: int = 2, beta: float = 0.05, max_candidates: int = 6,
+                   smoothing: Sequence[float] | None = None, grow_threshold: float | None = None):
     """Give every labelled voxel that touches another label the neuron of largest fitted abundance.
 
     Parameters
@@ -332,26 +406,37 @@ def unmix_contacts(labels, observed, barcodes, *, psf_sigma: Sequence[float], it
         current label: the candidates of a voxel are the labels within it.
     max_candidates : int
         Neurons a voxel may choose among.
+    smoothing : (z, y, x) or None
+        Blur each neuron's abundance by this sigma (voxels) before deciding
+        (:func:`smooth_abundances`); None decides on the raw fit.
+    grow_threshold : float or None
+        An unlabelled voxel within ``radius`` of a neuron whose (smoothed)
+        abundances sum to more than this joins the neuron of largest
+        abundance: the fit finds dim neurite voxels the foreground threshold
+        missed. None: unlabelled voxels stay unlabelled.
 
     Returns
     -------
     array (z, y, x) of uint32, on the device of ``labels``
-        Only voxels with a differently labelled 26-neighbour may change, and
-        only to a candidate neuron; unlabelled voxels stay unlabelled.
+        Only voxels with a differently labelled 26-neighbour (and, with
+        ``grow_threshold``, unlabelled voxels) may change, and only to a
+        candidate neuron; no labelled voxel becomes unlabelled.
     """
     xp = array_module(labels)
     lab = labels.astype(xp.uint32, copy=False)
     if lab.ndim != 3 or observed.ndim != 4 or observed.shape[1:] != lab.shape:
         raise ValueError(f"unmix_contacts: labels {labels.shape} and observed {observed.shape} "
                          "must be (z, y, x) and (c, z, y, x) of one spatial shape")
+    if grow_threshold is not None and not grow_threshold > 0:
+        raise ValueError(f"unmix_contacts: grow_threshold must be positive or None, got {grow_threshold}")
     bars = np.asarray(barcodes, dtype=np.float64).reshape(-1, observed.shape[0])
     n = int(lab.max()) if lab.size else 0
     if n == 0:
         return lab
     if bars.shape[0] < n:
         raise ValueError(f"unmix_contacts: labels go up to {n} but {bars.shape[0]} barcodes were given")
-    contact = _contacts(lab)
-    if not bool(contact.any()):
+    decide = _contacts(lab)
+    if not bool(decide.any()) and grow_threshold is None:
         return lab
     # local ids are few: 16-bit slots halve the largest work array
     compact = lab.astype(xp.uint16) if n < np.iinfo(np.uint16).max else lab
@@ -361,7 +446,11 @@ def unmix_contacts(labels, observed, barcodes, *, psf_sigma: Sequence[float], it
                   overflow, max_candidates, radius)
     table = np.concatenate([np.zeros((1, bars.shape[1])), bars[:n]])
     u = unmix_abundances(observed, slots, table, psf_sigma=psf_sigma, iterations=iterations, beta=beta)
-    where = xp.nonzero(contact)
+    if smoothing is not None:
+        u = smooth_abundances(u, slots, smoothing)
+    if grow_threshold is not None:
+        decide |= (lab == 0) & (u.sum(axis=0) > np.float32(grow_threshold))
+    where = xp.nonzero(decide)
     best = xp.argmax(u[(slice(None),) + where], axis=0)
     chosen = slots[(best,) + where].astype(xp.uint32)
     out = lab.copy()

@@ -12,6 +12,7 @@ import json
 import numpy as np
 import pytest
 import zarr
+from scipy import ndimage as ndi
 
 from pipeline import BlockGrid, Channel, ComputeConfig, ConfigError, Executor, MissingChannelError, Volume
 from pipeline.volume import open_label_image
@@ -248,7 +249,7 @@ def test_background_level_is_the_histogram_mode(dtype):
 
 
 def test_contact_pass_on_and_off(scene, whole):
-    """The final contact pass changes some contact voxels and nothing else; off, labels are the lookup table's."""
+    """The final contact pass changes contact voxels and grows into unlabelled ones; off, labels are the lookup table's."""
     folder, summary, with_pass = whole
     assert summary["contact_changes"] > 0
     off_summary, without = _segment(folder, scene, (24, 64, 64), name="no_contact_pass", refine_neuron_contacts=False)
@@ -259,30 +260,36 @@ def test_contact_pass_on_and_off(scene, whole):
     np.testing.assert_array_equal(without, expected)
     changed = with_pass != without
     assert 0 < changed.sum() <= summary["contact_changes"] * 1.0
-    # only labelled voxels next to another neuron move, and only to a neuron that was next to them
-    assert not (changed & (without == 0)).any() and not (changed & (with_pass == 0)).any()
+    # no labelled voxel is dropped; a voxel only takes a neuron labelled near it (two rounds of radius 2)
+    assert not (changed & (with_pass == 0)).any()
+    for neuron in np.unique(with_pass[changed]):
+        near = ndi.binary_dilation(without == neuron, np.ones((9, 9, 9), bool))
+        assert near[changed & (with_pass == neuron)].all()
     fg = scene.truth > 0
     assert voi(scene.truth[fg], with_pass[fg]) <= voi(scene.truth[fg], without[fg]) + 0.01
 
 
 def test_cosine_contact_method_still_decides_contacts(scene, whole):
-    """``contact_method: cosine`` (session 5's pass) runs too; both passes keep the foreground and stay close."""
+    """``contact_method: cosine`` (session 5's pass) runs too; the unmixing pass only adds foreground; both stay close."""
     folder, summary, unmixed = whole
     cos_summary, cosine = _segment(folder, scene, (24, 64, 64), name="cosine_pass", contact_method="cosine")
     assert cos_summary["contact_changes"] > 0
-    np.testing.assert_array_equal(cosine > 0, unmixed > 0)
+    assert not ((cosine > 0) & (unmixed == 0)).any()
     fg = scene.truth > 0
     # on this scene the unmixing pass recovers the truth exactly (VOI 0.0 vs 0.009 with the cosine)
     assert voi(scene.truth[fg], unmixed[fg]) <= voi(scene.truth[fg], cosine[fg]) + 0.01
 
 
-def test_unmixing_rounds_keep_the_foreground(scene, whole):
-    """A second unmixing round starts from the first's labels: foreground unchanged, no worse on this scene."""
-    folder, summary, one_round = whole
-    two_summary, two_rounds = _segment(folder, scene, (24, 64, 64), name="two_rounds", contact_unmix_rounds=2)
-    np.testing.assert_array_equal(two_rounds > 0, one_round > 0)
+def test_unmixing_rounds_smoothing_and_growth_each_keep_or_add_foreground(scene, whole):
+    """One plain round (session 8's pass) against the default (two rounds, smoothed, growing): no worse here."""
+    folder, summary, default = whole
+    plain_summary, plain = _segment(folder, scene, (24, 64, 64), name="one_plain_round", contact_unmix_rounds=1,
+                                    contact_unmix_smoothing=None, contact_unmix_grow=None)
+    no_grow_summary, no_grow = _segment(folder, scene, (24, 64, 64), name="no_grow", contact_unmix_grow=None)
+    np.testing.assert_array_equal(no_grow > 0, plain > 0)               # without growth the foreground is fixed
+    assert not ((plain > 0) & (default == 0)).any()                      # growth only adds
     fg = scene.truth > 0
-    assert voi(scene.truth[fg], two_rounds[fg]) <= voi(scene.truth[fg], one_round[fg]) + 0.01
+    assert voi(scene.truth[fg], default[fg]) <= voi(scene.truth[fg], plain[fg]) + 0.01
 
 
 def test_contact_halo_is_the_psf_reach_and_changes_little(scene, whole):
@@ -297,7 +304,8 @@ def test_contact_halo_is_the_psf_reach_and_changes_little(scene, whole):
     full_summary, full = _segment(folder, scene, (24, 32, 32), name="contact_halo_full",
                                   contact_halo=small_summary["halo"])
     assert full_summary["contact_halo"] == small_summary["halo"]
-    np.testing.assert_array_equal(small > 0, full > 0)
+    # growth into unlabelled voxels follows the fit, which sees a little more with the full halo
+    assert np.mean((small > 0) == (full > 0)) >= 0.999
     assert np.mean(small == full) >= 0.995
     fg = scene.truth > 0
     assert abs(voi(scene.truth[fg], small[fg]) - voi(scene.truth[fg], full[fg])) <= 0.02
@@ -305,7 +313,16 @@ def test_contact_halo_is_the_psf_reach_and_changes_little(scene, whole):
 
 def test_contact_halo_config():
     config = SegmentConfig(psf_sigma=(0.6, 0.15, 0.15), sigma_unit="physical", contact_unmix_radius=2)
-    assert config.contact_halo_voxels((0.4, 0.1, 0.1)) == (8, 8, 8)      # ceil(3 * 1.5) + 2 + 1
+    # ceil(3 * 1.5) + 2 + 1, plus the smoothing kernel's reach: 4 sigmas of (0.2, 0.4, 0.4) * 1.5 voxels
+    assert config.contact_halo_voxels((0.4, 0.1, 0.1)) == (8, 10, 10)
+    plain = SegmentConfig(psf_sigma=(0.6, 0.15, 0.15), sigma_unit="physical", contact_unmix_smoothing=None)
+    assert plain.contact_halo_voxels((0.4, 0.1, 0.1)) == (8, 8, 8)
+    assert config.contact_smoothing_voxels((0.4, 0.1, 0.1)) == pytest.approx((0.3, 0.6, 0.6))
+    assert SegmentConfig(contact_unmix_smoothing=0.5).contact_unmix_smoothing == (0.5, 0.5, 0.5)
+    with pytest.raises(ValueError, match="contact_unmix_smoothing"):
+        SegmentConfig(contact_unmix_smoothing=(0.1, -0.2, 0.1))
+    with pytest.raises(ValueError, match="contact_unmix_grow"):
+        SegmentConfig(contact_unmix_grow=0.0)
     assert SegmentConfig(halo=(4, 16, 16)).contact_halo_voxels((1.0, 1.0, 1.0))[0] <= 4
     assert SegmentConfig(contact_halo=5).contact_halo_voxels((1.0, 1.0, 1.0)) == (5, 5, 5)
     with pytest.raises(ValueError, match="contact_halo"):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from segment.unmix import candidate_slots, core_barcodes, unmix_abundances, unmix_contacts
+from segment.unmix import candidate_slots, core_barcodes, smooth_abundances, unmix_abundances, unmix_contacts
 
 PSF = (1.5, 1.5, 1.5)
 
@@ -118,6 +118,107 @@ def test_abundances_fit_a_blurred_mixture_and_stay_in_their_support():
     assert (own[inner] > other[inner]).mean() > 0.99
     with pytest.raises(ValueError, match="barcodes"):
         unmix_abundances(image, slots, table[:2], psf_sigma=PSF, iterations=1)
+
+
+def _dense_reference(u, slots, sigma):
+    """Brute force: every neuron's abundance as a whole-block map, scipy-blurred, read back per slot."""
+    out = np.zeros_like(u)
+    for neuron in range(1, int(slots.max()) + 1):
+        mine = slots == neuron
+        blurred = ndi.gaussian_filter((u * mine).sum(axis=0), sigma, mode="reflect", truncate=4.0)
+        out += mine * blurred[None]
+    return out
+
+
+@pytest.mark.parametrize("sigma", [(0.3, 0.6, 0.6), (0.0, 1.0, 0.5), (1.2, 0.4, 0.4)])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_smoothed_abundances_equal_a_blur_of_each_neurons_map(sigma, seed):
+    rng = np.random.default_rng(seed)
+    labels = np.zeros((9, 14, 13), np.uint32)
+    labels[:, :7] = 1
+    labels[:, 7:] = 2
+    labels[2:5, 3:9, 8:12] = 3                              # a neuron inside the block: boxes, not the block
+    labels[rng.random(labels.shape) < 0.2] = 0
+    slots, _ = candidate_slots(labels, 2)
+    u = (rng.random(slots.shape).astype(np.float32) * (slots > 0))
+    got = smooth_abundances(u, slots, sigma)
+    np.testing.assert_allclose(got, _dense_reference(u, slots, sigma), rtol=1e-5, atol=1e-6)
+    assert (got[slots == 0] == 0).all()
+
+
+def test_smoothing_zero_or_bad_arguments():
+    slots, _ = candidate_slots(np.ones((3, 4, 5), np.uint32), 1)
+    u = np.random.default_rng(0).random(slots.shape).astype(np.float32) * (slots > 0)
+    np.testing.assert_array_equal(smooth_abundances(u, slots, (0, 0, 0)), u)
+    with pytest.raises(ValueError, match="one \\(s, z, y, x\\) shape"):
+        smooth_abundances(u[:1], slots, (1, 1, 1))
+    with pytest.raises(ValueError, match="three sigmas"):
+        smooth_abundances(u, slots, (1, -1, 1))
+
+
+def _touching_tubes(seed, shape=(20, 40, 40), n=8, cv=0.3):
+    """Crossing capsules (one neuron each, 4 of 8 barcode bits), 30 % expression noise per voxel, the PSF."""
+    from sample_data._raster import paint_segments
+
+    rng = np.random.default_rng(seed)
+    p0, p1 = rng.uniform(0, 1, (2, n, 3)) * shape
+    r = rng.uniform(1.5, 4.0, n)
+    truth = (paint_segments(shape, p0, p1, np.stack([np.maximum(r / 2, 0.75), r, r], axis=1)) + 1).astype(np.uint32)
+    codes = np.zeros((n, 8))
+    for row in codes:
+        row[rng.choice(8, 4, replace=False)] = 1.0
+    density = np.concatenate([np.zeros((1, 8)), codes])[truth].transpose(3, 0, 1, 2).astype(np.float32)
+    density *= rng.lognormal(-0.5 * cv ** 2, cv, density.shape).astype(np.float32)
+    image = np.stack([ndi.gaussian_filter(ch, PSF, mode="reflect") for ch in density])
+    image += rng.normal(0, 0.02, image.shape).astype(np.float32)
+    return truth, np.maximum(image, 0), codes
+
+
+def test_smoothing_the_abundances_places_noisy_boundaries_better():
+    """Summed over seeds, fewer contact voxels go wrong when each neuron's abundance is smoothed first."""
+    raw_errors = smooth_errors = 0
+    for seed in range(4):
+        truth, image, codes = _touching_tubes(seed)
+        raw = unmix_contacts(truth, image, codes, psf_sigma=PSF, iterations=60)
+        smooth = unmix_contacts(truth, image, codes, psf_sigma=PSF, iterations=60, smoothing=(0.3, 0.6, 0.6))
+        raw_errors += np.count_nonzero(raw != truth)
+        smooth_errors += np.count_nonzero(smooth != truth)
+    # measured: 40 -> 29 wrong voxels of about 11,000
+    assert smooth_errors < raw_errors, (smooth_errors, raw_errors)
+
+
+def test_grow_labels_bright_unlabelled_voxels_and_leaves_dark_ones():
+    truth, image, codes = _two_slabs()
+    image[:, :, :, 9:] = 0.0                                  # a dark margin: no neuron there
+    labels = truth.copy()
+    labels[:, :, 6:] = 0                                      # the labels stop short of the signal
+    out = unmix_contacts(labels, image, codes, psf_sigma=PSF, iterations=40, grow_threshold=0.05)
+    assert (out[labels > 0] > 0).all()                        # nothing labelled is dropped
+    grown = (labels == 0) & (out > 0)
+    # only within the candidate radius (2) of a label, and into the bright columns only
+    assert grown[:, :, 6:8].all() and not grown[:, :, 8:].any()
+    np.testing.assert_array_equal(out[grown], truth[grown])
+    # without a threshold, unlabelled voxels stay unlabelled
+    still = unmix_contacts(labels, image, codes, psf_sigma=PSF, iterations=40)
+    assert (still[labels == 0] == 0).all()
+    with pytest.raises(ValueError, match="grow_threshold"):
+        unmix_contacts(labels, image, codes, psf_sigma=PSF, iterations=5, grow_threshold=0.0)
+
+
+@pytest.mark.gpu
+def test_gpu_smoothed_abundances_match_cpu():
+    cp = pytest.importorskip("cupy")
+    try:
+        if cp.cuda.runtime.getDeviceCount() < 1:
+            pytest.skip("no CUDA device")
+    except Exception:  # noqa: BLE001 - CUDA raises its own error types without a driver
+        pytest.skip("no CUDA device")
+    truth, image, codes = _two_slabs(noise=0.02)
+    slots, _ = candidate_slots(truth, 2)
+    u = np.random.default_rng(0).random(slots.shape).astype(np.float32) * (slots > 0)
+    cpu = smooth_abundances(u, slots, (0.3, 0.6, 0.6))
+    gpu = smooth_abundances(cp.asarray(u), cp.asarray(slots), (0.3, 0.6, 0.6))
+    np.testing.assert_allclose(cp.asnumpy(gpu), cpu, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.gpu
