@@ -86,6 +86,7 @@ def make_plan(volume: Volume, config: SegmentConfig, stats: dict) -> FragmentPla
         unmix_rounds=config.contact_unmix_rounds,
         unmix_smoothing=config.contact_smoothing_voxels(volume.voxel_size),
         unmix_grow=config.contact_unmix_grow,
+        unmix_brightness=config.contact_unmix_brightness,
         threshold=float(stats["threshold"]),
         sigma=config.sigma_voxels(volume.voxel_size, "sigma"),
         barcode_sigma=config.sigma_voxels(volume.voxel_size, "barcode_sigma"),

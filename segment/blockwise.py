@@ -81,8 +81,10 @@ class FragmentPlan:
         Background level of each barcode channel (for the final contact pass).
     contact_iterations : int
         Deconvolution iterations of the final contact pass (``contact_method`` cosine).
-    contact_method, unmix_iterations, unmix_radius, unmix_background, unmix_rounds, unmix_smoothing, unmix_grow
+    contact_method, unmix_iterations, unmix_radius, unmix_background, unmix_rounds
         How the final contact pass decides (see :class:`segment.config.SegmentConfig`).
+    unmix_smoothing, unmix_grow, unmix_brightness
+        How the unmixing pass turns abundances into labels (voxel sigmas or None, threshold or None, power).
     threshold : float
         Foreground threshold on the smoothed normalised fill.
     sigma, barcode_sigma : (z, y, x)
@@ -134,6 +136,7 @@ class FragmentPlan:
     unmix_rounds: int = 1
     unmix_smoothing: tuple | None = None
     unmix_grow: float | None = None
+    unmix_brightness: float = 0.0
 
     @property
     def uses_codebook(self) -> bool:
@@ -722,7 +725,7 @@ def _refine_neuron_contacts(neurons: np.ndarray, volume_path: str, plan: Fragmen
             refined = unmix_contacts(refined, observed, barcodes, psf_sigma=plan.psf_sigma,
                                      iterations=plan.unmix_iterations, radius=plan.unmix_radius,
                                      beta=plan.unmix_background, smoothing=plan.unmix_smoothing,
-                                     grow_threshold=plan.unmix_grow)
+                                     grow_threshold=plan.unmix_grow, brightness_power=plan.unmix_brightness)
         return original[to_host(refined)]
     directions /= np.maximum(np.linalg.norm(directions, axis=1, keepdims=True), 1e-12)
     bc = contact_barcodes(to_device(raw, device), plan)

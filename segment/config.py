@@ -227,6 +227,14 @@ class SegmentConfig(StrictModel):
         truth voxels were unlabelled; truth background next to a neuron sums
         to at most 0.01 in 99 % of its voxels). None: the pass never labels
         an unlabelled voxel.
+    contact_unmix_brightness : float
+        Power of each neuron's brightness by which its abundance is divided
+        before the decision (:func:`segment.unmix.unmix_contacts`'s
+        ``brightness_power``): 0 compares abundances, so a bright neuron
+        wins its dim neighbour's boundary voxels; 1 compares occupancies,
+        but the brightness of thin neurites is underestimated. Seed 2, two
+        smoothed rounds: VOI 0.326 at 0, 0.315 at 0.25, 0.316 at 0.5, 0.328
+        at 0.75, 0.354 at 1.
     contact_halo : (z, y, x) int or None
         Context read around each block's write region for the final contact
         pass (either method). ``None`` (default): per axis, three PSF sigmas
@@ -344,6 +352,7 @@ class SegmentConfig(StrictModel):
     contact_unmix_rounds: int = Field(default=2, ge=1, le=10)
     contact_unmix_smoothing: Triple | None = (0.2, 0.4, 0.4)
     contact_unmix_grow: float | None = Field(default=0.05, gt=0)
+    contact_unmix_brightness: float = Field(default=0.25, ge=0, le=1)
     contact_halo: tuple[int, int, int] | None = None
     link_radius: float = Field(default=2.0, ge=0)
     link_min_size: int = Field(default=20, ge=0)

@@ -313,7 +313,7 @@ def _slot_passes(slots, table, c: int, engine: str):
     return mix, update
 
 
-def smooth_abundances(u, slots, sigma: Sequence[float], *, truncate: float = 4.0):
+def smooth_abundances(u, slots, sigma: Sequence[float], *, truncate: float = 4.0, out=None):
     """Each neuron's abundance blurred by a Gaussian of ``sigma`` voxels, read back into its slots.
 
     A voxel's abundances carry the per-voxel expression noise of the
@@ -333,6 +333,9 @@ def smooth_abundances(u, slots, sigma: Sequence[float], *, truncate: float = 4.0
         Standard deviation in voxels; 0 on an axis leaves that axis alone.
     truncate : float
         Kernel half-width in standard deviations.
+    out : array like ``u``, optional
+        Where to write; may be ``u`` itself (each (slot, voxel) entry belongs
+        to one neuron, read before it is written), which saves a copy.
 
     Returns
     -------
@@ -345,16 +348,21 @@ def smooth_abundances(u, slots, sigma: Sequence[float], *, truncate: float = 4.0
     sigma = tuple(float(v) for v in sigma)
     if len(sigma) != 3 or any(v < 0 for v in sigma):
         raise ValueError(f"smooth_abundances needs three sigmas >= 0 (z, y, x), got {sigma}")
-    out = xp.zeros_like(u)
-    if not any(sigma) or not bool((slots > 0).any()):
+    if out is None:
+        out = u.copy()
+    elif out is not u:
         out[...] = u
+    out *= slots > 0
+    if not any(sigma):
         return out
     reach = [int(truncate * v + 0.5) for v in sigma]
     for neuron, box in _neuron_boxes(slots, reach):
-        mine = slots[(slice(None),) + box] == neuron
-        dense = (u[(slice(None),) + box] * mine).sum(axis=0)
+        region = (slice(None),) + box
+        mine = slots[region] == neuron
+        dense = (out[region] * mine).sum(axis=0)
         blurred = gaussian(dense, sigma, truncate=truncate, mode="reflect")
-        out[(slice(None),) + box] += mine * blurred[None]
+        view = out[region]
+        view[...] = xp.where(mine, blurred[None], view)
     return out
 
 
@@ -388,7 +396,8 @@ def _neuron_boxes(slots, reach):
 
 def unmix_contacts(labels, observed, barcodes, *, psf_sigma: Sequence[float], iterations: int,
                    radius: int = 2, beta: float = 0.05, max_candidates: int = 6,
-                   smoothing: Sequence[float] | None = None, grow_threshold: float | None = None):
+                   smoothing: Sequence[float] | None = None, grow_threshold: float | None = None,
+                   brightness_power: float = 0.0):
     """Give every labelled voxel that touches another label the neuron of largest fitted abundance.
 
     Parameters
@@ -414,6 +423,13 @@ def unmix_contacts(labels, observed, barcodes, *, psf_sigma: Sequence[float], it
         abundances sum to more than this joins the neuron of largest
         abundance: the fit finds dim neurite voxels the foreground threshold
         missed. None: unlabelled voxels stay unlabelled.
+    brightness_power : float
+        The fit's abundance of a neuron is its occupancy of the voxel times
+        its brightness (the mean of its row of ``barcodes``; the fit keeps
+        only the rows' directions). The decision divides each abundance by
+        the brightness to this power: 0 compares abundances, 1 occupancies.
+        In between, because a neuron's row, averaged over its labelled
+        voxels, underestimates the brightness of thin neurites more.
 
     Returns
     -------
@@ -446,8 +462,14 @@ def unmix_contacts(labels, observed, barcodes, *, psf_sigma: Sequence[float], it
                   overflow, max_candidates, radius)
     table = np.concatenate([np.zeros((1, bars.shape[1])), bars[:n]])
     u = unmix_abundances(observed, slots, table, psf_sigma=psf_sigma, iterations=iterations, beta=beta)
+    if brightness_power:
+        brightness = np.maximum(table, 0.0).mean(axis=1)
+        brightness[0] = 1.0
+        scale = xp.asarray((np.maximum(brightness, 1e-6) ** -float(brightness_power)).astype(np.float32))
+        for k in range(slots.shape[0]):
+            u[k] *= xp.take(scale, slots[k])
     if smoothing is not None:
-        u = smooth_abundances(u, slots, smoothing)
+        u = smooth_abundances(u, slots, smoothing, out=u)
     if grow_threshold is not None:
         decide |= (lab == 0) & (u.sum(axis=0) > np.float32(grow_threshold))
     where = xp.nonzero(decide)
