@@ -1,6 +1,6 @@
 """Cost of the final contact pass: the pipeline with each contact-pass variant in one process.
 
-    .venv/bin/python -m benchmarks.contact_cost [--shape 64,256,256] [--repeats 3]
+    .venv/bin/python -m benchmarks.contact_cost [--shape 64,256,256] [--repeats 3] [--variants unmix ...]
 
 One synthetic sample (seed 0) is generated into a temporary folder; then the
 whole pipeline (synchronous, device cpu) runs once untimed and ``--repeats``
@@ -35,6 +35,10 @@ def _variants() -> dict:
         "cosine": {"contact_method": "cosine"},
         "unmix": {"contact_method": "unmix"},
         "unmix, full halo": {"contact_method": "unmix", "contact_halo": list(SegmentConfig().halo)},
+        # the default until session 8: one round, argmax of the raw abundances, no growth
+        "unmix, session 8": {"contact_method": "unmix", "contact_unmix_rounds": 1, "contact_unmix_radius": 2,
+                             "contact_unmix_background": 0.05, "contact_unmix_smoothing": None,
+                             "contact_unmix_grow": None, "contact_unmix_brightness": 0.0},
     }
 
 
@@ -63,11 +67,13 @@ def _evaluate(run_dir: Path, sample_dir: Path) -> dict:
     return {"voi_split": split, "voi_merge": merge, "arand": float(np.ravel(arand)[0])}
 
 
-def run(shape, block_shape, repeats: int, work: Path) -> dict:
+def run(shape, block_shape, repeats: int, work: Path, names=None) -> dict:
     from workflows.run import run_workflow
 
     sample = _make_sample(work, shape, seed=0)
     variants = _variants()
+    if names:
+        variants = {name: variants[name] for name in ["cosine"] + [n for n in names if n != "cosine"]}
     walls = {m: [] for m in variants}
     relabel = {m: [] for m in variants}
     quality = {}
@@ -97,10 +103,12 @@ def main(argv=None) -> int:
     parser.add_argument("--shape", type=_shape, default=(64, 256, 256))
     parser.add_argument("--block-shape", type=_shape, default=(64, 128, 128))
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--variants", nargs="+", choices=sorted(_variants()), metavar="NAME",
+                        help=f"contact passes to time besides cosine (default: all of {sorted(_variants())})")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     with tempfile.TemporaryDirectory(prefix="contact-cost-") as tmp:
-        result = run(args.shape, args.block_shape, args.repeats, Path(tmp))
+        result = run(args.shape, args.block_shape, args.repeats, Path(tmp), args.variants)
     base = result["cosine"]["wall_s"]
     print(f"sample {'x'.join(map(str, args.shape))}, blocks {'x'.join(map(str, args.block_shape))}, "
           f"synchronous, 1 process; medians of {args.repeats} after a warm-up")

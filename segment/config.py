@@ -194,22 +194,26 @@ class SegmentConfig(StrictModel):
     contact_unmix_iterations : int
         Iterations of the abundance fit. It fits the noise too when run for
         long: VOI on the sample seeds is lowest near 50-60 and rises again
-        past 80.
+        past 80 (session 6). With the smoothed decision (session 9; seed 2,
+        two rounds, brightness 0.25): 0.315 / 0.305 / 0.309 at 60 / 80 / 100.
     contact_unmix_radius : int
         How far (voxels, per axis) a neuron's abundance may reach beyond its
         current label; the candidates of a contact voxel are the neurons
-        labelled within this box.
+        labelled within this box. Seed 2 (two rounds, brightness 0.25):
+        VOI 0.340 / 0.315 / 0.309 at 1 / 2 / 3.
     contact_unmix_background : float
         Constant (in units of the normalised barcode channels) added to the
         observation and the model of the abundance fit, so that voxels with
-        little signal are not fitted to their noise.
+        little signal are not fitted to their noise. Seed 2 as above: 0.315
+        at 0.05, 0.310 at 0.02.
     contact_unmix_rounds : int
         How many times the unmixing pass runs, each on the labels the
         previous round left (with the neurons' core barcodes taken again).
         Each round costs as much as the first. On the demo sample, before
         ``contact_unmix_smoothing`` and ``contact_unmix_grow``, two rounds
-        gave VOI 0.340 instead of 0.359; with both, 0.298 instead of 0.319
-        (offline, session 9).
+        gave VOI 0.340 instead of 0.359. With both, the brightness power,
+        radius 3 and background 0.02: seed 2 0.304 / 0.296 and seed 5
+        0.296 / 0.286 with two / three rounds (session 9).
     contact_unmix_smoothing : float or (z, y, x) or None
         Gaussian sigma by which each neuron's fitted abundance is blurred
         before a voxel takes the largest
@@ -239,8 +243,9 @@ class SegmentConfig(StrictModel):
         Context read around each block's write region for the final contact
         pass (either method). ``None`` (default): per axis, three PSF sigmas
         plus ``contact_unmix_radius`` plus one (the 26-neighbour contact
-        test), never more than ``halo``: 8 voxels on every axis for the
-        sample instead of ``halo``'s (8, 16, 16). The pass only needs the
+        test), plus the reach of ``contact_unmix_smoothing``'s kernel, never
+        more than ``halo``: (8, 11, 11) voxels for the sample instead of
+        ``halo``'s (8, 16, 16). The pass only needs the
         PSF's reach around the write region, and its cost grows with the
         read region: an interior 64x128x128 block reads 80x144x144 voxels
         instead of 80x160x160.
@@ -347,9 +352,9 @@ class SegmentConfig(StrictModel):
     contact_deconvolution_iterations: int = Field(default=40, ge=0)
     contact_method: Literal["unmix", "cosine"] = "unmix"
     contact_unmix_iterations: int = Field(default=60, ge=1)
-    contact_unmix_radius: int = Field(default=2, ge=1, le=8)
-    contact_unmix_background: float = Field(default=0.05, gt=0)
-    contact_unmix_rounds: int = Field(default=2, ge=1, le=10)
+    contact_unmix_radius: int = Field(default=3, ge=1, le=8)
+    contact_unmix_background: float = Field(default=0.02, gt=0)
+    contact_unmix_rounds: int = Field(default=3, ge=1, le=10)
     contact_unmix_smoothing: Triple | None = (0.2, 0.4, 0.4)
     contact_unmix_grow: float | None = Field(default=0.05, gt=0)
     contact_unmix_brightness: float = Field(default=0.25, ge=0, le=1)

@@ -315,7 +315,8 @@ def test_contact_halo_config():
     config = SegmentConfig(psf_sigma=(0.6, 0.15, 0.15), sigma_unit="physical", contact_unmix_radius=2)
     # ceil(3 * 1.5) + 2 + 1, plus the smoothing kernel's reach: 4 sigmas of (0.2, 0.4, 0.4) * 1.5 voxels
     assert config.contact_halo_voxels((0.4, 0.1, 0.1)) == (8, 10, 10)
-    plain = SegmentConfig(psf_sigma=(0.6, 0.15, 0.15), sigma_unit="physical", contact_unmix_smoothing=None)
+    plain = SegmentConfig(psf_sigma=(0.6, 0.15, 0.15), sigma_unit="physical", contact_unmix_radius=2,
+                          contact_unmix_smoothing=None)
     assert plain.contact_halo_voxels((0.4, 0.1, 0.1)) == (8, 8, 8)
     assert config.contact_smoothing_voxels((0.4, 0.1, 0.1)) == pytest.approx((0.3, 0.6, 0.6))
     assert SegmentConfig(contact_unmix_smoothing=0.5).contact_unmix_smoothing == (0.5, 0.5, 0.5)
