@@ -719,13 +719,16 @@ def _refine_neuron_contacts(neurons: np.ndarray, volume_path: str, plan: Fragmen
         observed, fallback = unmixing_inputs(to_device(raw, device), directions, plan)
         local = to_device(local, device)
         refined = local
-        for _ in range(plan.unmix_rounds):
+        for round_index in range(plan.unmix_rounds):
             # each round's labels move the neurons' cores: their barcodes are taken again
             barcodes = core_barcodes(refined, observed, fallback)
+            # only the first round grows: grown labels would otherwise seed more growth each round,
+            # reaching ever further from the labels (and from the block's context)
             refined = unmix_contacts(refined, observed, barcodes, psf_sigma=plan.psf_sigma,
                                      iterations=plan.unmix_iterations, radius=plan.unmix_radius,
                                      beta=plan.unmix_background, smoothing=plan.unmix_smoothing,
-                                     grow_threshold=plan.unmix_grow, brightness_power=plan.unmix_brightness)
+                                     grow_threshold=plan.unmix_grow if round_index == 0 else None,
+                                     brightness_power=plan.unmix_brightness)
         return original[to_host(refined)]
     directions /= np.maximum(np.linalg.norm(directions, axis=1, keepdims=True), 1e-12)
     bc = contact_barcodes(to_device(raw, device), plan)

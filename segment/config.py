@@ -242,10 +242,11 @@ class SegmentConfig(StrictModel):
     contact_halo : (z, y, x) int or None
         Context read around each block's write region for the final contact
         pass (either method). ``None`` (default): per axis, three PSF sigmas
-        plus ``contact_unmix_radius`` plus one (the 26-neighbour contact
-        test), plus the reach of ``contact_unmix_smoothing``'s kernel, never
-        more than ``halo``: (8, 11, 11) voxels for the sample instead of
-        ``halo``'s (8, 16, 16). The pass only needs the
+        plus one (the 26-neighbour contact test) plus, for each of
+        ``contact_unmix_rounds``, ``contact_unmix_radius`` and the reach of
+        ``contact_unmix_smoothing``'s kernel, never more than ``halo``: with
+        today's three rounds that is ``halo``, (8, 16, 16), for the sample;
+        with one plain round of radius 2 it was 8 voxels on every axis. The pass only needs the
         PSF's reach around the write region, and its cost grows with the
         read region: an interior 64x128x128 block reads 80x144x144 voxels
         instead of 80x160x160.
@@ -419,8 +420,12 @@ class SegmentConfig(StrictModel):
             return tuple(self.contact_halo)
         psf = self.sigma_voxels(voxel_size, "psf_sigma")
         smoothing = self.contact_smoothing_voxels(voxel_size) or (0.0, 0.0, 0.0)
-        need = (math.ceil(CONTACT_PSF_SIGMAS * s) + self.contact_unmix_radius + 1
-                + int(SMOOTHING_TRUNCATE * m + 0.5) for s, m in zip(psf, smoothing))
+        # each round may move a label by the radius plus the smoothing's reach, from
+        # labels the previous round decided: errors near the read edge creep in by as much
+        rounds = self.contact_unmix_rounds if self.contact_method == "unmix" else 1
+        need = (math.ceil(CONTACT_PSF_SIGMAS * s) + 1
+                + rounds * (self.contact_unmix_radius + int(SMOOTHING_TRUNCATE * m + 0.5))
+                for s, m in zip(psf, smoothing))
         return tuple(min(int(n), h) for n, h in zip(need, self.halo))
 
     def contact_smoothing_voxels(self, voxel_size) -> Triple | None:

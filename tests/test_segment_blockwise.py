@@ -260,13 +260,14 @@ def test_contact_pass_on_and_off(scene, whole):
     np.testing.assert_array_equal(without, expected)
     changed = with_pass != without
     assert 0 < changed.sum() <= summary["contact_changes"] * 1.0
-    # no labelled voxel is dropped; a voxel only takes a neuron labelled near it (two rounds of radius 2)
+    # no labelled voxel is dropped; a voxel only takes a neuron labelled near it (three rounds of radius 3)
     assert not (changed & (with_pass == 0)).any()
     for neuron in np.unique(with_pass[changed]):
-        near = ndi.binary_dilation(without == neuron, np.ones((9, 9, 9), bool))
+        near = ndi.binary_dilation(without == neuron, np.ones((19, 19, 19), bool))
         assert near[changed & (with_pass == neuron)].all()
     fg = scene.truth > 0
-    assert voi(scene.truth[fg], with_pass[fg]) <= voi(scene.truth[fg], without[fg]) + 0.01
+    # here the labels are right before the pass (VOI 0.0); the smoothed pass costs up to 0.015 on this scene
+    assert voi(scene.truth[fg], with_pass[fg]) <= voi(scene.truth[fg], without[fg]) + 0.02
 
 
 def test_cosine_contact_method_still_decides_contacts(scene, whole):
@@ -289,20 +290,22 @@ def test_unmixing_rounds_smoothing_and_growth_each_keep_or_add_foreground(scene,
     np.testing.assert_array_equal(no_grow > 0, plain > 0)               # without growth the foreground is fixed
     assert not ((plain > 0) & (default == 0)).any()                      # growth only adds
     fg = scene.truth > 0
-    assert voi(scene.truth[fg], default[fg]) <= voi(scene.truth[fg], plain[fg]) + 0.01
+    # this scene's plain pass recovers the truth exactly; the smoothed default costs up to 0.015 here,
+    # while on the sample seeds it gains about 0.08 (README, session 9)
+    assert voi(scene.truth[fg], default[fg]) <= voi(scene.truth[fg], plain[fg]) + 0.02
 
 
 def test_contact_halo_is_the_psf_reach_and_changes_little(scene, whole):
-    """The contact pass reads 3 PSF sigmas + radius + 1 around each block; with the full halo it decides alike."""
+    """One round reads 3 PSF sigmas + 1 + radius + smoothing reach around each block; the full halo decides alike."""
     folder, _, _ = whole
-    small_summary, small = _segment(folder, scene, (24, 32, 32), name="contact_halo_auto")
+    small_summary, small = _segment(folder, scene, (24, 32, 32), name="contact_halo_auto", contact_unmix_rounds=1)
     volume = Volume.open(folder / "volume.zarr")
-    expected = SegmentConfig(**SMALL).contact_halo_voxels(volume.voxel_size)
+    expected = SegmentConfig(**SMALL, contact_unmix_rounds=1).contact_halo_voxels(volume.voxel_size)
     assert small_summary["contact_halo"] == list(expected)
     assert all(c <= h for c, h in zip(expected, small_summary["halo"]))
     assert tuple(expected) != tuple(small_summary["halo"])           # the point: a smaller read region
     full_summary, full = _segment(folder, scene, (24, 32, 32), name="contact_halo_full",
-                                  contact_halo=small_summary["halo"])
+                                  contact_halo=small_summary["halo"], contact_unmix_rounds=1)
     assert full_summary["contact_halo"] == small_summary["halo"]
     # growth into unlabelled voxels follows the fit, which sees a little more with the full halo
     assert np.mean((small > 0) == (full > 0)) >= 0.999
@@ -313,11 +316,18 @@ def test_contact_halo_is_the_psf_reach_and_changes_little(scene, whole):
 
 def test_contact_halo_config():
     config = SegmentConfig(psf_sigma=(0.6, 0.15, 0.15), sigma_unit="physical", contact_unmix_radius=2)
-    # ceil(3 * 1.5) + 2 + 1, plus the smoothing kernel's reach: 4 sigmas of (0.2, 0.4, 0.4) * 1.5 voxels
-    assert config.contact_halo_voxels((0.4, 0.1, 0.1)) == (8, 10, 10)
+    # ceil(3 * 1.5) + 1, plus per round the radius 2 and the smoothing kernel's reach (4 sigmas of
+    # (0.2, 0.4, 0.4) * 1.5 voxels: 1, 2, 2), capped by the halo (8, 16, 16)
+    assert config.contact_halo_voxels((0.4, 0.1, 0.1)) == (8, 16, 16)
+    one_round = SegmentConfig(psf_sigma=(0.6, 0.15, 0.15), sigma_unit="physical", contact_unmix_radius=2,
+                              contact_unmix_rounds=1)
+    assert one_round.contact_halo_voxels((0.4, 0.1, 0.1)) == (8, 10, 10)
     plain = SegmentConfig(psf_sigma=(0.6, 0.15, 0.15), sigma_unit="physical", contact_unmix_radius=2,
-                          contact_unmix_smoothing=None)
+                          contact_unmix_smoothing=None, contact_unmix_rounds=1)
     assert plain.contact_halo_voxels((0.4, 0.1, 0.1)) == (8, 8, 8)
+    cosine = SegmentConfig(psf_sigma=(0.6, 0.15, 0.15), sigma_unit="physical", contact_method="cosine",
+                           contact_unmix_radius=2, contact_unmix_smoothing=None)
+    assert cosine.contact_halo_voxels((0.4, 0.1, 0.1)) == (8, 8, 8)
     assert config.contact_smoothing_voxels((0.4, 0.1, 0.1)) == pytest.approx((0.3, 0.6, 0.6))
     assert SegmentConfig(contact_unmix_smoothing=0.5).contact_unmix_smoothing == (0.5, 0.5, 0.5)
     with pytest.raises(ValueError, match="contact_unmix_smoothing"):
