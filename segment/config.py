@@ -246,10 +246,10 @@ class SegmentConfig(StrictModel):
         ``contact_unmix_rounds``, ``contact_unmix_radius`` and the reach of
         ``contact_unmix_smoothing``'s kernel, never more than ``halo``: with
         today's three rounds that is ``halo``, (8, 16, 16), for the sample;
-        with one plain round of radius 2 it was 8 voxels on every axis. The pass only needs the
-        PSF's reach around the write region, and its cost grows with the
-        read region: an interior 64x128x128 block reads 80x144x144 voxels
-        instead of 80x160x160.
+        with one plain round of radius 2 it is 8 voxels on every axis. The
+        pass only needs that reach around the write region, and its cost
+        grows with the read region: with one plain round an interior
+        64x128x128 block reads 80x144x144 voxels instead of 80x160x160.
     barcode_weight : float
         How much barcode discontinuity (0..1) adds to the boundary map
         (0 disables that term: ablation). The boundary map is the watershed

@@ -15,7 +15,10 @@ put ``n`` (so a voxel chooses among a few nearby neurons, never among all).
 Richardson-Lucy iterations on the abundances (multiplicative, so they stay
 non-negative and zero outside their support; Nesterov momentum as in
 :func:`segment.kernels.deconvolve`) fit the model; a contact voxel then takes
-the neuron of largest abundance. The eight channels constrain the two or
+the neuron of largest abundance, optionally after each neuron's abundance is
+divided by a power of its brightness and lightly blurred
+(:func:`smooth_abundances`), and an unlabelled voxel with enough abundance
+may join its largest neuron. The eight channels constrain the two or
 three abundances of a contact voxel far better than they constrain eight
 separately deconvolved channels.
 
@@ -428,8 +431,9 @@ def unmix_contacts(labels, observed, barcodes, *, psf_sigma: Sequence[float], it
         its brightness (the mean of its row of ``barcodes``; the fit keeps
         only the rows' directions). The decision divides each abundance by
         the brightness to this power: 0 compares abundances, 1 occupancies.
-        In between, because a neuron's row, averaged over its labelled
-        voxels, underestimates the brightness of thin neurites more.
+        Rows averaged over a neuron's labelled voxels underestimate the
+        brightness of thin neurites most, which is why a power between
+        0 and 1 does best on the sample.
 
     Returns
     -------
@@ -445,6 +449,8 @@ def unmix_contacts(labels, observed, barcodes, *, psf_sigma: Sequence[float], it
                          "must be (z, y, x) and (c, z, y, x) of one spatial shape")
     if grow_threshold is not None and not grow_threshold > 0:
         raise ValueError(f"unmix_contacts: grow_threshold must be positive or None, got {grow_threshold}")
+    if not brightness_power >= 0:
+        raise ValueError(f"unmix_contacts: brightness_power must be >= 0, got {brightness_power}")
     bars = np.asarray(barcodes, dtype=np.float64).reshape(-1, observed.shape[0])
     n = int(lab.max()) if lab.size else 0
     if n == 0:

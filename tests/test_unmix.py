@@ -219,6 +219,8 @@ def test_grow_labels_bright_unlabelled_voxels_and_leaves_dark_ones():
     assert (still[labels == 0] == 0).all()
     with pytest.raises(ValueError, match="grow_threshold"):
         unmix_contacts(labels, image, codes, psf_sigma=PSF, iterations=5, grow_threshold=0.0)
+    with pytest.raises(ValueError, match="brightness_power"):
+        unmix_contacts(labels, image, codes, psf_sigma=PSF, iterations=5, brightness_power=-0.5)
 
 
 @pytest.mark.gpu
