@@ -225,41 +225,46 @@ def unmix_abundances(observed, slots, barcodes, *, psf_sigma: Sequence[float], i
     table = xp.asarray(m.astype(np.float32))
     sigma = tuple(float(v) for v in psf_sigma)
     beta_, floor_ = np.float32(beta), np.float32(floor)
-    obs = observed.astype(xp.float32, copy=True)
-    obs += beta_
-    occupied_all = slots > 0
-    used = [k for k in range(slots.shape[0]) if bool(occupied_all[k].any())]
-    slots, occupied = slots[used], occupied_all[used]
+    obs = observed.astype(xp.float32, copy=False)
+    n_slots = slots.shape[0]
+    occupied = slots > 0
+    used = [k for k in range(n_slots) if bool(occupied[k].any())]
+    if len(used) < n_slots:             # slots empty everywhere cost every iteration: drop them
+        slots, occupied = slots[used], occupied[used]
     u = occupied.astype(xp.float32)
     mix, update = _slot_passes(slots, table, c, engine)
+    # Two abundance buffers: the estimate ``u`` and ``previous``, whose buffer takes the next
+    # iteration's start (Nesterov's extrapolation) and then, updated in place, its result.
     previous = None
-    start, step = xp.empty_like(u), xp.empty_like(u)
     mixed, model = xp.empty_like(obs), xp.empty_like(obs)
     ratio = mixed                       # the mixture is spent once blurred: its buffer takes the ratio
     for i in range(int(iterations)):
-        if previous is not None:
+        if previous is None:
+            start = u.copy()
+        else:
+            start = previous
             xp.subtract(u, previous, out=start)
             start *= np.float32((i - 1) / (i + 2))
             start += u
             xp.maximum(start, 0.0, out=start)
-        else:
-            start[...] = u
         mix(start, mixed)
         for ch in range(c):
             gaussian(mixed[ch], sigma, truncate=PSF_TRUNCATE, mode="reflect", output=model[ch])
         model += beta_
         xp.maximum(model, floor_, out=model)
-        xp.divide(obs, model, out=model)
+        # (observation + beta) / model, built in the spent mixture's buffer: no copy of the observation
+        xp.add(obs, beta_, out=mixed)
+        xp.divide(mixed, model, out=model)
         for ch in range(c):
             gaussian(model[ch], sigma, truncate=PSF_TRUNCATE, mode="reflect", output=ratio[ch])
-        update(start, ratio, step)
-        # rotate buffers: the estimate two steps back becomes the next step's output
-        recycled = previous if previous is not None else xp.empty_like(u)
-        previous, u, step = u, step, recycled
-    out = xp.zeros((len(occupied_all),) + observed.shape[1:], dtype=xp.float32)
+        update(start, ratio, start)
+        previous, u = u, start
+    del previous, mixed, model, ratio, obs
+    if len(used) == n_slots:
+        return u
+    out = xp.zeros((n_slots,) + observed.shape[1:], dtype=xp.float32)
     out[used] = u
-    u = out
-    return u
+    return out
 
 
 def _slot_passes(slots, table, c: int, engine: str):
@@ -268,7 +273,8 @@ def _slot_passes(slots, table, c: int, engine: str):
     ``mix`` writes each channel's noise-free image before the blur,
     ``sum_k table[slots[k], ch] * start[k]``; ``update`` writes the
     Richardson-Lucy step ``start[k] * mean_ch(table[slots[k], ch] * ratio[ch])``
-    (0 in empty slots). ``engine`` "auto" uses the numba kernels on host
+    (0 in empty slots), and ``step`` may be ``start`` itself (each entry is
+    read before it is written). ``engine`` "auto" uses the numba kernels on host
     arrays when numba is installed, "xp" the array operations (any backend).
     """
     xp = array_module(slots)
@@ -294,6 +300,7 @@ def _slot_passes(slots, table, c: int, engine: str):
     weights = [xp.stack([xp.take(table[:, ch], slots[k]) for ch in range(c)]) for k in range(slots.shape[0])]
     occupied = slots > 0
     scratch = xp.empty(slots.shape[1:], dtype=xp.float32)
+    total = xp.empty_like(scratch)
 
     def mix(start, mixed):
         mixed[...] = 0.0
@@ -303,15 +310,15 @@ def _slot_passes(slots, table, c: int, engine: str):
                 mixed[ch] += scratch
 
     def update(start, ratio, step):
-        step[...] = 0.0
         for k, w in enumerate(weights):
             # rows of the barcode table sum to c: the update is the weighted mean of the ratios
+            total[...] = 0.0
             for ch in range(c):
                 xp.multiply(w[ch], ratio[ch], out=scratch)
-                step[k] += scratch
-        step *= np.float32(1.0 / c)
-        step *= start
-        step *= occupied
+                xp.add(total, scratch, out=total)
+            xp.multiply(total, np.float32(1.0 / c), out=total)
+            xp.multiply(total, start[k], out=step[k])
+            step[k] *= occupied[k]
 
     return mix, update
 

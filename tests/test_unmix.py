@@ -284,3 +284,34 @@ def test_core_barcodes_average_away_from_contacts_and_fall_back_when_small():
     fallback = np.array([[0.0, 0.0], [0.0, 0.0], [7.0, 8.0]])
     got = core_barcodes(labels, observed, fallback, margin=2, min_voxels=10)
     np.testing.assert_allclose(got, [[2.0, 0.0], [0.0, 3.0], [7.0, 8.0]])
+
+
+@pytest.mark.parametrize("engine", ["auto", "xp"])
+def test_abundance_fit_holds_two_estimates_and_no_copy_of_the_observation(engine):
+    """Working memory of the fit: per voxel, two float32 estimates per used slot, the mixture
+    and the model (float32 per channel) and the occupancy; the observation is not copied.
+    The fit is the pass's largest allocation, and blocks run it on whole read regions."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    labels = np.zeros((16, 40, 40), np.uint32)
+    labels[:, :20] = 1
+    labels[:, 20:] = 2
+    labels[:, 10:30, 10:30] = 3
+    c = 8
+    codes = rng.random((3, c))
+    image = rng.random((c,) + labels.shape).astype(np.float32)
+    slots, _ = candidate_slots(labels, 2)                    # 3 of 4 slots used
+    table = np.concatenate([np.zeros((1, c)), codes])
+    used = int(sum(bool((slots[k] > 0).any()) for k in range(len(slots))))
+    unmix_abundances(image, slots, table, psf_sigma=PSF, iterations=2, engine=engine)
+    tracemalloc.start()
+    u = unmix_abundances(image, slots, table, psf_sigma=PSF, iterations=3, engine=engine)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    voxels = labels.size
+    # the xp engine also gathers each slot's barcode weights (c float32 per used slot)
+    weights = used * c * 4 if engine == "xp" else 0
+    budget = voxels * (2 * 4 * used + 2 * 4 * c + len(slots) + used + weights + 4 * len(slots) + 16)
+    assert u.shape == slots.shape
+    assert peak < budget, f"peak {peak / voxels:.0f} B per voxel, budget {budget / voxels:.0f}"
