@@ -295,26 +295,30 @@ def _slot_passes(slots, table, c: int, engine: str):
 
         return mix, update
 
-    # Each slot's barcode weights, gathered once: gathering them in every
-    # iteration cost ten times the arithmetic.
-    weights = [xp.stack([xp.take(table[:, ch], slots[k]) for ch in range(c)]) for k in range(slots.shape[0])]
+    # The array path (CuPy arrays take it) gathers each slot's barcode weight from the table in
+    # every iteration, into one reused plane: stored, the weights would hold 4 * c bytes per
+    # voxel and slot, more than the fit's own buffers.
+    columns = [xp.ascontiguousarray(table[:, ch]) for ch in range(c)]
     occupied = slots > 0
-    scratch = xp.empty(slots.shape[1:], dtype=xp.float32)
-    total = xp.empty_like(scratch)
+    weight = xp.empty(slots.shape[1:], dtype=xp.float32)
+    scratch = xp.empty_like(weight)
+    total = xp.empty_like(weight)
 
     def mix(start, mixed):
         mixed[...] = 0.0
-        for k, w in enumerate(weights):
+        for k in range(slots.shape[0]):
             for ch in range(c):
-                xp.multiply(w[ch], start[k], out=scratch)
+                xp.take(columns[ch], slots[k], out=weight)
+                xp.multiply(weight, start[k], out=scratch)
                 mixed[ch] += scratch
 
     def update(start, ratio, step):
-        for k, w in enumerate(weights):
+        for k in range(slots.shape[0]):
             # rows of the barcode table sum to c: the update is the weighted mean of the ratios
             total[...] = 0.0
             for ch in range(c):
-                xp.multiply(w[ch], ratio[ch], out=scratch)
+                xp.take(columns[ch], slots[k], out=weight)
+                xp.multiply(weight, ratio[ch], out=scratch)
                 xp.add(total, scratch, out=total)
             xp.multiply(total, np.float32(1.0 / c), out=total)
             xp.multiply(total, start[k], out=step[k])
