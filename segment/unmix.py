@@ -106,6 +106,77 @@ def _host_kernels():
 
 
 _KERNELS = None
+_GROW_KERNEL = None
+
+
+def _host_grow_kernel():
+    """Numba kernel of one axis of :func:`candidate_slots` on the host, or None without numba.
+
+    ``grow(slots, out, radius, axis)`` writes into ``out`` (shape of ``slots``,
+    (s, z, y, x)) each voxel's own slots followed by the new labels of its
+    neighbours along ``axis`` (offsets ``-radius..radius`` in order, then
+    slot by slot), as the array path does, and returns the mask of voxels
+    that ran out of slots. Slots are packed (a voxel's labels come first),
+    as :func:`candidate_slots` makes them.
+    """
+    global _GROW_KERNEL
+    if _GROW_KERNEL is None:
+        try:
+            import numba
+        except ImportError:
+            _GROW_KERNEL = ()
+            return None
+
+        @numba.njit(cache=True, nogil=True)
+        def grow(slots, out, radius, axis):
+            n_slots, nz, ny, nx = slots.shape
+            size = (nz, ny, nx)[axis]
+            overflow = np.zeros((nz, ny, nx), np.bool_)
+            own = np.empty(n_slots, slots.dtype)
+            for z in range(nz):
+                for y in range(ny):
+                    for x in range(nx):
+                        # a voxel's labels fill its first slots (packed): count them
+                        n = 0
+                        for k in range(n_slots):
+                            own[k] = slots[k, z, y, x]
+                            if own[k] != 0:
+                                n = k + 1
+                        position = (z, y, x)[axis]
+                        for offset in range(-radius, radius + 1):
+                            # the label that a shift by ``offset`` brings here: the source voxel's
+                            source = position - offset
+                            if offset == 0 or source < 0 or source >= size:
+                                continue
+                            sz, sy, sx = z, y, x
+                            if axis == 0:
+                                sz = source
+                            elif axis == 1:
+                                sy = source
+                            else:
+                                sx = source
+                            for k in range(n_slots):
+                                value = slots[k, sz, sy, sx]
+                                if value == 0:
+                                    break
+                                seen = False
+                                for j in range(n):
+                                    if own[j] == value:
+                                        seen = True
+                                        break
+                                if seen:
+                                    continue
+                                if n < n_slots:
+                                    own[n] = value
+                                    n += 1
+                                else:
+                                    overflow[z, y, x] = True
+                        for k in range(n_slots):
+                            out[k, z, y, x] = own[k]
+            return overflow
+
+        _GROW_KERNEL = grow
+    return _GROW_KERNEL or None
 
 
 def _shifted(a, offset: int, axis: int):
@@ -126,7 +197,7 @@ def _shifted(a, offset: int, axis: int):
     return out
 
 
-def candidate_slots(labels, radius: int, max_candidates: int = 4):
+def candidate_slots(labels, radius: int, max_candidates: int = 4, *, engine: str = "auto"):
     """The distinct non-zero labels within ``radius`` (a box, per axis) of every voxel.
 
     Parameters
@@ -137,6 +208,10 @@ def candidate_slots(labels, radius: int, max_candidates: int = 4):
     max_candidates : int
         Slots per voxel. A voxel with more labels around it keeps the first
         ones found (its own label first); the overflow is counted.
+    engine : {"auto", "xp"}
+        "auto": a numba kernel per axis for host arrays when numba is
+        installed (the same slots in the same order); "xp": array
+        operations only (CuPy arrays always take this path).
 
     Returns
     -------
@@ -151,10 +226,20 @@ def candidate_slots(labels, radius: int, max_candidates: int = 4):
     if radius < 0 or max_candidates < 1:
         raise ValueError(f"candidate_slots needs radius >= 0 and max_candidates >= 1, "
                          f"got {radius} and {max_candidates}")
+    if engine not in ("auto", "xp"):
+        raise ValueError(f"unknown candidate_slots engine {engine!r}: use 'auto' or 'xp'")
     slots = xp.zeros((max_candidates,) + labels.shape, dtype=labels.dtype)
     slots[0] = labels
-    overflow = xp.zeros(labels.shape, dtype=bool)
     # The union over a box is separable: grow the sets along z, then y, then x.
+    grow = _host_grow_kernel() if (engine == "auto" and xp is np) else None
+    if grow is not None:
+        overflow = np.zeros(labels.shape, dtype=bool)
+        grown = np.empty_like(slots)
+        for axis in range(3):
+            overflow |= grow(slots, grown, int(radius), axis)
+            slots, grown = grown, slots
+        return slots, int(overflow.sum())
+    overflow = xp.zeros(labels.shape, dtype=bool)
     for axis in range(3):
         grown = slots.copy()
         for offset in range(-radius, radius + 1):

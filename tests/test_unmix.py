@@ -104,6 +104,24 @@ def test_unmix_without_contacts_or_labels_returns_the_labels():
         unmix_contacts(truth[1:], image, codes, psf_sigma=PSF, iterations=5)
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_candidate_slot_engines_agree(seed):
+    """The numba kernel fills the same slots in the same order as the array path, overflow included."""
+    pytest.importorskip("numba")
+    rng = np.random.default_rng(seed)
+    for _ in range(10):
+        shape = tuple(int(v) for v in rng.integers(1, 10, 3))
+        labels = rng.integers(0, 9, size=shape).astype(np.uint16)
+        labels[rng.random(shape) < 0.4] = 0
+        radius, slots_per_voxel = int(rng.integers(0, 4)), int(rng.integers(1, 7))
+        fast, fast_overflow = candidate_slots(labels, radius, slots_per_voxel)
+        plain, plain_overflow = candidate_slots(labels, radius, slots_per_voxel, engine="xp")
+        np.testing.assert_array_equal(fast, plain)
+        assert fast_overflow == plain_overflow
+    with pytest.raises(ValueError, match="engine"):
+        candidate_slots(labels, 1, engine="numba")
+
+
 def test_abundances_fit_a_blurred_mixture_and_stay_in_their_support():
     truth, image, codes = _two_slabs()
     slots, _ = candidate_slots(truth, 2)
