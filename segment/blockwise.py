@@ -717,6 +717,7 @@ def _refine_neuron_contacts(neurons: np.ndarray, volume_path: str, plan: Fragmen
     raw = Volume.open(volume_path, mode="r").read(block.read, list(plan.barcodes))
     if plan.contact_method == "unmix":
         observed, fallback = unmixing_inputs(to_device(raw, device), directions, plan)
+        del raw                                 # the rounds need only the normalised observation
         local = to_device(local, device)
         refined = local
         for round_index in range(plan.unmix_rounds):
@@ -732,6 +733,7 @@ def _refine_neuron_contacts(neurons: np.ndarray, volume_path: str, plan: Fragmen
         return original[to_host(refined)]
     directions /= np.maximum(np.linalg.norm(directions, axis=1, keepdims=True), 1e-12)
     bc = contact_barcodes(to_device(raw, device), plan)
+    del raw
     refined = refine_contacts(to_device(local, device), bc, directions.astype(np.float32),
                               np.arange(1, len(present) + 1))
     return original[to_host(refined)]
