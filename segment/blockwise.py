@@ -40,7 +40,7 @@ from pipeline import Block, Volume, array_module, to_device, to_host
 
 from . import kernels
 from .codebook import assign_codes, code_statistics, despeckle, refine_contacts
-from .unmix import core_barcodes, unmix_contacts
+from .unmix import UnmixSettings, unmix_rounds
 
 __all__ = [
     "FragmentPlan",
@@ -145,6 +145,12 @@ class FragmentPlan:
     @property
     def channels(self) -> list[int]:
         return list(self.fill) + list(self.barcodes) + list(self.membrane)
+
+    def unmix_settings(self) -> UnmixSettings:
+        """The settings of the unmixing contact pass (:func:`segment.unmix.unmix_rounds`)."""
+        return UnmixSettings(psf_sigma=tuple(self.psf_sigma), iterations=self.unmix_iterations,
+                             radius=self.unmix_radius, background=self.unmix_background, rounds=self.unmix_rounds,
+                             smoothing=self.unmix_smoothing, grow=self.unmix_grow, brightness=self.unmix_brightness)
 
     def to_params(self) -> dict:
         d = dict(self.__dict__)
@@ -718,18 +724,7 @@ def _refine_neuron_contacts(neurons: np.ndarray, volume_path: str, plan: Fragmen
     if plan.contact_method == "unmix":
         observed, fallback = unmixing_inputs(to_device(raw, device), directions, plan)
         del raw                                 # the rounds need only the normalised observation
-        local = to_device(local, device)
-        refined = local
-        for round_index in range(plan.unmix_rounds):
-            # each round's labels move the neurons' cores: their barcodes are taken again
-            barcodes = core_barcodes(refined, observed, fallback)
-            # only the first round grows: grown labels would otherwise seed more growth each round,
-            # reaching ever further from the labels (and from the block's context)
-            refined = unmix_contacts(refined, observed, barcodes, psf_sigma=plan.psf_sigma,
-                                     iterations=plan.unmix_iterations, radius=plan.unmix_radius,
-                                     beta=plan.unmix_background, smoothing=plan.unmix_smoothing,
-                                     grow_threshold=plan.unmix_grow if round_index == 0 else None,
-                                     brightness_power=plan.unmix_brightness)
+        refined = unmix_rounds(to_device(local, device), observed, fallback, plan.unmix_settings())
         return original[to_host(refined)]
     directions /= np.maximum(np.linalg.norm(directions, axis=1, keepdims=True), 1e-12)
     bc = contact_barcodes(to_device(raw, device), plan)

@@ -40,6 +40,7 @@ arithmetic (tested equal) several times faster.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Sequence
 
@@ -50,7 +51,8 @@ from pipeline.filters import gaussian, maximum
 
 from .kernels import PSF_TRUNCATE
 
-__all__ = ["candidate_slots", "core_barcodes", "smooth_abundances", "unmix_abundances", "unmix_contacts"]
+__all__ = ["UnmixSettings", "candidate_slots", "core_barcodes", "smooth_abundances", "unmix_abundances",
+           "unmix_contacts", "unmix_rounds"]
 
 log = logging.getLogger(__name__)
 
@@ -582,6 +584,77 @@ def unmix_contacts(labels, observed, barcodes, *, psf_sigma: Sequence[float], it
     keep = u[(slice(None),) + where].max(axis=0) > 0
     out[where] = xp.where(keep, chosen, lab[where]).astype(xp.uint32)
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class UnmixSettings:
+    """How :func:`unmix_rounds` runs, in voxels (the ``contact_unmix_*`` fields of ``segment.SegmentConfig``).
+
+    Attributes
+    ----------
+    psf_sigma : (z, y, x)
+    iterations, radius, background
+        ``iterations``, ``radius`` and ``beta`` of :func:`unmix_contacts`.
+    rounds : int
+    smoothing : (z, y, x) or None
+    grow : float or None
+        ``grow_threshold`` of the first round (later rounds never grow).
+    brightness : float
+        ``brightness_power``.
+    """
+
+    psf_sigma: tuple
+    iterations: int
+    radius: int
+    background: float
+    rounds: int
+    smoothing: tuple | None
+    grow: float | None
+    brightness: float
+
+    @classmethod
+    def from_config(cls, config, voxel_size) -> "UnmixSettings":
+        """The settings of a ``segment.SegmentConfig`` for a volume of ``voxel_size`` (z, y, x)."""
+        return cls(psf_sigma=tuple(config.sigma_voxels(voxel_size, "psf_sigma")),
+                   iterations=config.contact_unmix_iterations, radius=config.contact_unmix_radius,
+                   background=config.contact_unmix_background, rounds=config.contact_unmix_rounds,
+                   smoothing=config.contact_smoothing_voxels(voxel_size), grow=config.contact_unmix_grow,
+                   brightness=config.contact_unmix_brightness)
+
+
+def unmix_rounds(labels, observed, fallback, settings: UnmixSettings):
+    """The unmixing contact pass: ``settings.rounds`` rounds of :func:`unmix_contacts`.
+
+    Each round decides on the labels the previous one left, with the neurons'
+    barcodes taken again over their cores (:func:`core_barcodes`, falling
+    back to ``fallback``): each round's labels move the cores. Only the first
+    round grows into unlabelled voxels; grown labels would otherwise seed more
+    growth each round, reaching ever further from the labels (and from the
+    block's context).
+
+    Parameters
+    ----------
+    labels : array (z, y, x) of uint32
+        Consecutive neuron ids 1..n (0: none).
+    observed : array (c, z, y, x)
+        Barcode channels normalised from their background level.
+    fallback : array (n, c)
+        Barcode of neuron ``i + 1`` in row ``i`` where its core is too small.
+    settings : UnmixSettings
+
+    Returns
+    -------
+    array (z, y, x) of uint32, on the device of ``labels``
+    """
+    refined = labels
+    for round_index in range(settings.rounds):
+        barcodes = core_barcodes(refined, observed, fallback)
+        refined = unmix_contacts(refined, observed, barcodes, psf_sigma=settings.psf_sigma,
+                                 iterations=settings.iterations, radius=settings.radius,
+                                 beta=settings.background, smoothing=settings.smoothing,
+                                 grow_threshold=settings.grow if round_index == 0 else None,
+                                 brightness_power=settings.brightness)
+    return refined
 
 
 def core_barcodes(labels, observed, fallback, *, margin: int = 2, min_voxels: int = 200):

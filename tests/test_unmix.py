@@ -1,10 +1,13 @@
 """The unmixing contact pass: candidate slots, abundance fit, contact decisions."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from segment.unmix import candidate_slots, core_barcodes, smooth_abundances, unmix_abundances, unmix_contacts
+from segment.unmix import (UnmixSettings, candidate_slots, core_barcodes, smooth_abundances, unmix_abundances,
+                           unmix_contacts, unmix_rounds)
 
 PSF = (1.5, 1.5, 1.5)
 
@@ -334,3 +337,34 @@ def test_abundance_fit_holds_two_estimates_and_no_copy_of_the_observation(engine
     budget = voxels * (2 * 4 * used + 2 * 4 * c + len(slots) + used + planes + 4 * len(slots) + 16)
     assert u.shape == slots.shape
     assert peak < budget, f"peak {peak / voxels:.0f} B per voxel, budget {budget / voxels:.0f}"
+
+
+def test_unmix_rounds_decide_again_with_the_cores_of_the_last_round_and_grow_once():
+    truth, image, codes = _two_slabs(noise=0.05, seed=3)
+    labels = truth.copy()
+    labels[:, 5:7] = 0                                       # a gap for the first round to grow into
+    labels[4, 4, 4] = 2                                      # a wrong voxel inside neuron 1
+    settings = UnmixSettings(psf_sigma=PSF, iterations=20, radius=2, background=0.02, rounds=2,
+                             smoothing=(0.3, 0.6, 0.6), grow=0.05, brightness=0.25)
+    by_hand = [labels]
+    for grow in (0.05, None):
+        last = by_hand[-1]
+        by_hand.append(unmix_contacts(last, image, core_barcodes(last, image, codes), psf_sigma=PSF,
+                                      iterations=20, radius=2, beta=0.02, smoothing=(0.3, 0.6, 0.6),
+                                      grow_threshold=grow, brightness_power=0.25))
+    np.testing.assert_array_equal(unmix_rounds(labels, image, codes, settings), by_hand[2])
+    one = unmix_rounds(labels, image, codes, dataclasses.replace(settings, rounds=1))
+    np.testing.assert_array_equal(one, by_hand[1])
+    assert (one[labels == 0] > 0).any()                      # the first round grew into the gap
+    assert one[4, 4, 4] == 1 == truth[4, 4, 4]               # and gave the wrong voxel back
+
+
+def test_unmix_settings_come_from_the_segment_config():
+    from segment import SegmentConfig
+
+    config = SegmentConfig(contact_unmix_rounds=2, contact_unmix_grow=None)
+    settings = UnmixSettings.from_config(config, (0.4, 0.1, 0.1))
+    assert settings.rounds == 2 and settings.grow is None
+    assert settings.iterations == config.contact_unmix_iterations
+    assert settings.psf_sigma == tuple(config.sigma_voxels((0.4, 0.1, 0.1), "psf_sigma"))
+    assert settings.smoothing == config.contact_smoothing_voxels((0.4, 0.1, 0.1))

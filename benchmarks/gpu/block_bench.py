@@ -57,7 +57,7 @@ def chain(xp, fill, barcodes, codebook, sync):
     from segment import SegmentConfig, kernels
     from segment.codebook import assign_codes, despeckle
     from segment.puncta import PunctaConfig, detect_puncta
-    from segment.unmix import unmix_contacts
+    from segment.unmix import UnmixSettings, unmix_rounds
 
     config = SegmentConfig()
     state = {}
@@ -87,15 +87,15 @@ def chain(xp, fill, barcodes, codebook, sync):
                                     config.despeckle_size)
 
     def unmix():
-        # the final contact pass (segment.unmix) on the flooded identities, one barcode per identity
+        # the default contact pass (segment.unmix.unmix_rounds, as the relabel pass runs it) on the
+        # flooded identities, one barcode per identity as the fallback of the cores' barcodes
         centroids, identity = codebook
         table = np.zeros((int(max(identity, default=0)), np.shape(centroids)[1]))
         for row, ident in zip(np.asarray(centroids), identity):
             table[int(ident) - 1] = row
-        state["contacts"] = unmix_contacts(state["labels"], state["norm"][1:], table, psf_sigma=config.psf_sigma,
-                                           iterations=config.contact_unmix_iterations,
-                                           radius=config.contact_unmix_radius,
-                                           beta=config.contact_unmix_background)
+        # the block's sigmas are in voxels (as the other steps use them): voxel size 1
+        settings = UnmixSettings.from_config(config, (1.0, 1.0, 1.0))
+        state["contacts"] = unmix_rounds(state["labels"], state["norm"][1:], table, settings)
 
     def pieces():
         state["pieces"] = kernels.label_components(state["labels"] > 0)
