@@ -181,6 +181,57 @@ def _host_grow_kernel():
     return _GROW_KERNEL or None
 
 
+
+_SMOOTH_KERNELS = None
+
+
+def _host_smooth_kernels():
+    """Numba ``(gather, scatter)`` of one neuron's abundances in a box, or None without numba.
+
+    ``gather(slots, u, neuron, z0, y0, x0, dense)`` writes into ``dense`` the
+    abundance of ``neuron`` at each voxel of the box starting at ``(z0, y0,
+    x0)`` (0 where it has no slot); ``scatter(slots, out, neuron, z0, y0, x0,
+    values)`` writes ``values`` back into that neuron's slots. A neuron holds
+    at most one slot of a voxel, so both equal the array path's masked sum and
+    ``where``, without its (s, box) temporaries.
+    """
+    global _SMOOTH_KERNELS
+    if _SMOOTH_KERNELS is None:
+        try:
+            import numba
+        except ImportError:
+            _SMOOTH_KERNELS = ()
+            return None
+
+        @numba.njit(cache=True, nogil=True)
+        def gather(slots, u, neuron, z0, y0, x0, dense):
+            n_slots = slots.shape[0]
+            dz, dy, dx = dense.shape
+            for z in range(dz):
+                for y in range(dy):
+                    for x in range(dx):
+                        value = np.float32(0.0)
+                        for k in range(n_slots):
+                            if slots[k, z0 + z, y0 + y, x0 + x] == neuron:
+                                value = u[k, z0 + z, y0 + y, x0 + x]
+                                break
+                        dense[z, y, x] = value
+
+        @numba.njit(cache=True, nogil=True)
+        def scatter(slots, out, neuron, z0, y0, x0, values):
+            n_slots = slots.shape[0]
+            dz, dy, dx = values.shape
+            for z in range(dz):
+                for y in range(dy):
+                    for x in range(dx):
+                        for k in range(n_slots):
+                            if slots[k, z0 + z, y0 + y, x0 + x] == neuron:
+                                out[k, z0 + z, y0 + y, x0 + x] = values[z, y, x]
+                                break
+
+        _SMOOTH_KERNELS = (gather, scatter)
+    return _SMOOTH_KERNELS or None
+
 def _shifted(a, offset: int, axis: int):
     """``a`` shifted by ``offset`` along spatial ``axis`` (the last three), zero-filled."""
     xp = array_module(a)
@@ -414,7 +465,7 @@ def _slot_passes(slots, table, c: int, engine: str):
     return mix, update
 
 
-def smooth_abundances(u, slots, sigma: Sequence[float], *, truncate: float = 4.0, out=None):
+def smooth_abundances(u, slots, sigma: Sequence[float], *, truncate: float = 4.0, out=None, engine: str = "auto"):
     """Each neuron's abundance blurred by a Gaussian of ``sigma`` voxels, read back into its slots.
 
     A voxel's abundances carry the per-voxel expression noise of the
@@ -437,6 +488,10 @@ def smooth_abundances(u, slots, sigma: Sequence[float], *, truncate: float = 4.0
     out : array like ``u``, optional
         Where to write; may be ``u`` itself (each (slot, voxel) entry belongs
         to one neuron, read before it is written), which saves a copy.
+    engine : {"auto", "xp"}
+        "auto": numba kernels gather and scatter each neuron's abundances on
+        the host when numba is installed (the same values); "xp": array
+        operations only (CuPy arrays always take this path).
 
     Returns
     -------
@@ -449,6 +504,8 @@ def smooth_abundances(u, slots, sigma: Sequence[float], *, truncate: float = 4.0
     sigma = tuple(float(v) for v in sigma)
     if len(sigma) != 3 or any(v < 0 for v in sigma):
         raise ValueError(f"smooth_abundances needs three sigmas >= 0 (z, y, x), got {sigma}")
+    if engine not in ("auto", "xp"):
+        raise ValueError(f"unknown smooth_abundances engine {engine!r}: use 'auto' or 'xp'")
     if out is None:
         out = u.copy()
     elif out is not u:
@@ -457,7 +514,15 @@ def smooth_abundances(u, slots, sigma: Sequence[float], *, truncate: float = 4.0
     if not any(sigma):
         return out
     reach = [int(truncate * v + 0.5) for v in sigma]
+    kernels = _host_smooth_kernels() if (engine == "auto" and xp is np) else None
     for neuron, box in _neuron_boxes(slots, reach):
+        if kernels is not None:
+            gather, scatter = kernels
+            corner = tuple(int(b.start) for b in box)
+            dense = np.empty(tuple(b.stop - b.start for b in box), out.dtype)
+            gather(slots, out, neuron, *corner, dense)
+            scatter(slots, out, neuron, *corner, gaussian(dense, sigma, truncate=truncate, mode="reflect"))
+            continue
         region = (slice(None),) + box
         mine = slots[region] == neuron
         dense = (out[region] * mine).sum(axis=0)
