@@ -41,6 +41,7 @@ arithmetic (tested equal) several times faster.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from typing import Sequence
 
@@ -57,7 +58,30 @@ __all__ = ["UnmixSettings", "candidate_slots", "core_barcodes", "smooth_abundanc
 log = logging.getLogger(__name__)
 
 
-def _host_kernels():
+def _numba_kernels(build):
+    """Decorator: ``build(numba)`` runs once per process and its kernels are kept; None without numba.
+
+    The kernels compile on their first call (``cache=True`` keeps the machine
+    code on disk), so importing this module costs nothing.
+    """
+    built = []
+
+    @functools.wraps(build)
+    def kernels():
+        if not built:
+            try:
+                import numba
+            except ImportError:
+                built.append(None)
+            else:
+                built.append(build(numba))
+        return built[0]
+
+    return kernels
+
+
+@_numba_kernels
+def _host_kernels(numba):
     """Numba kernels of one iteration's two slot passes on the host, or None without numba.
 
     Each fuses what the ``xp`` path does in 2 x slots x channels array
@@ -65,53 +89,43 @@ def _host_kernels():
     table from cache instead of gathered weight arrays (about 8x less
     arithmetic time on a 2-Mvoxel block with 8 channels).
     """
-    global _KERNELS
-    if _KERNELS is None:
-        try:
-            import numba
-        except ImportError:
-            _KERNELS = ()
-            return None
 
-        @numba.njit(cache=True, nogil=True)
-        def mix(slots, u, table, out):
-            n_slots, n_vox = slots.shape
-            n_ch = table.shape[1]
-            for v in range(n_vox):
-                for ch in range(n_ch):
-                    out[ch, v] = 0.0
-                for k in range(n_slots):
-                    label = slots[k, v]
-                    if label != 0:
-                        a = u[k, v]
-                        for ch in range(n_ch):
-                            out[ch, v] += table[label, ch] * a
+    @numba.njit(cache=True, nogil=True)
+    def mix(slots, u, table, out):
+        n_slots, n_vox = slots.shape
+        n_ch = table.shape[1]
+        for v in range(n_vox):
+            for ch in range(n_ch):
+                out[ch, v] = 0.0
+            for k in range(n_slots):
+                label = slots[k, v]
+                if label != 0:
+                    a = u[k, v]
+                    for ch in range(n_ch):
+                        out[ch, v] += table[label, ch] * a
 
-        @numba.njit(cache=True, nogil=True)
-        def update(slots, start, table, ratio, out):
-            n_slots, n_vox = slots.shape
-            n_ch = table.shape[1]
-            scale = np.float32(1.0 / n_ch)
-            for v in range(n_vox):
-                for k in range(n_slots):
-                    label = slots[k, v]
-                    if label == 0:
-                        out[k, v] = 0.0
-                    else:
-                        acc = np.float32(0.0)
-                        for ch in range(n_ch):
-                            acc += table[label, ch] * ratio[ch, v]
-                        out[k, v] = start[k, v] * acc * scale
+    @numba.njit(cache=True, nogil=True)
+    def update(slots, start, table, ratio, out):
+        n_slots, n_vox = slots.shape
+        n_ch = table.shape[1]
+        scale = np.float32(1.0 / n_ch)
+        for v in range(n_vox):
+            for k in range(n_slots):
+                label = slots[k, v]
+                if label == 0:
+                    out[k, v] = 0.0
+                else:
+                    acc = np.float32(0.0)
+                    for ch in range(n_ch):
+                        acc += table[label, ch] * ratio[ch, v]
+                    out[k, v] = start[k, v] * acc * scale
 
-        _KERNELS = (mix, update)
-    return _KERNELS or None
+    return (mix, update)
 
 
-_KERNELS = None
-_GROW_KERNEL = None
 
-
-def _host_grow_kernel():
+@_numba_kernels
+def _host_grow_kernel(numba):
     """Numba kernel of one axis of :func:`candidate_slots` on the host, or None without numba.
 
     ``grow(slots, out, radius, axis)`` writes into ``out`` (shape of ``slots``,
@@ -121,71 +135,62 @@ def _host_grow_kernel():
     that ran out of slots. Slots are packed (a voxel's labels come first),
     as :func:`candidate_slots` makes them.
     """
-    global _GROW_KERNEL
-    if _GROW_KERNEL is None:
-        try:
-            import numba
-        except ImportError:
-            _GROW_KERNEL = ()
-            return None
 
-        @numba.njit(cache=True, nogil=True)
-        def grow(slots, out, radius, axis):
-            n_slots, nz, ny, nx = slots.shape
-            size = (nz, ny, nx)[axis]
-            overflow = np.zeros((nz, ny, nx), np.bool_)
-            own = np.empty(n_slots, slots.dtype)
-            for z in range(nz):
-                for y in range(ny):
-                    for x in range(nx):
-                        # a voxel's labels fill its first slots (packed): count them
-                        n = 0
+    @numba.njit(cache=True, nogil=True)
+    def grow(slots, out, radius, axis):
+        n_slots, nz, ny, nx = slots.shape
+        size = (nz, ny, nx)[axis]
+        overflow = np.zeros((nz, ny, nx), np.bool_)
+        own = np.empty(n_slots, slots.dtype)
+        for z in range(nz):
+            for y in range(ny):
+                for x in range(nx):
+                    # a voxel's labels fill its first slots (packed): count them
+                    n = 0
+                    for k in range(n_slots):
+                        own[k] = slots[k, z, y, x]
+                        if own[k] != 0:
+                            n = k + 1
+                    position = (z, y, x)[axis]
+                    for offset in range(-radius, radius + 1):
+                        # the label that a shift by ``offset`` brings here: the source voxel's
+                        source = position - offset
+                        if offset == 0 or source < 0 or source >= size:
+                            continue
+                        sz, sy, sx = z, y, x
+                        if axis == 0:
+                            sz = source
+                        elif axis == 1:
+                            sy = source
+                        else:
+                            sx = source
                         for k in range(n_slots):
-                            own[k] = slots[k, z, y, x]
-                            if own[k] != 0:
-                                n = k + 1
-                        position = (z, y, x)[axis]
-                        for offset in range(-radius, radius + 1):
-                            # the label that a shift by ``offset`` brings here: the source voxel's
-                            source = position - offset
-                            if offset == 0 or source < 0 or source >= size:
-                                continue
-                            sz, sy, sx = z, y, x
-                            if axis == 0:
-                                sz = source
-                            elif axis == 1:
-                                sy = source
-                            else:
-                                sx = source
-                            for k in range(n_slots):
-                                value = slots[k, sz, sy, sx]
-                                if value == 0:
+                            value = slots[k, sz, sy, sx]
+                            if value == 0:
+                                break
+                            seen = False
+                            for j in range(n):
+                                if own[j] == value:
+                                    seen = True
                                     break
-                                seen = False
-                                for j in range(n):
-                                    if own[j] == value:
-                                        seen = True
-                                        break
-                                if seen:
-                                    continue
-                                if n < n_slots:
-                                    own[n] = value
-                                    n += 1
-                                else:
-                                    overflow[z, y, x] = True
-                        for k in range(n_slots):
-                            out[k, z, y, x] = own[k]
-            return overflow
+                            if seen:
+                                continue
+                            if n < n_slots:
+                                own[n] = value
+                                n += 1
+                            else:
+                                overflow[z, y, x] = True
+                    for k in range(n_slots):
+                        out[k, z, y, x] = own[k]
+        return overflow
 
-        _GROW_KERNEL = grow
-    return _GROW_KERNEL or None
+    return grow
 
 
 
-_SMOOTH_KERNELS = None
 
-
-def _host_smooth_kernels():
+@_numba_kernels
+def _host_smooth_kernels(numba):
     """Numba ``(gather, scatter)`` of one neuron's abundances in a box, or None without numba.
 
     ``gather(slots, u, neuron, z0, y0, x0, dense)`` writes into ``dense`` the
@@ -195,42 +200,34 @@ def _host_smooth_kernels():
     at most one slot of a voxel, so both equal the array path's masked sum and
     ``where``, without its (s, box) temporaries.
     """
-    global _SMOOTH_KERNELS
-    if _SMOOTH_KERNELS is None:
-        try:
-            import numba
-        except ImportError:
-            _SMOOTH_KERNELS = ()
-            return None
 
-        @numba.njit(cache=True, nogil=True)
-        def gather(slots, u, neuron, z0, y0, x0, dense):
-            n_slots = slots.shape[0]
-            dz, dy, dx = dense.shape
-            for z in range(dz):
-                for y in range(dy):
-                    for x in range(dx):
-                        value = np.float32(0.0)
-                        for k in range(n_slots):
-                            if slots[k, z0 + z, y0 + y, x0 + x] == neuron:
-                                value = u[k, z0 + z, y0 + y, x0 + x]
-                                break
-                        dense[z, y, x] = value
+    @numba.njit(cache=True, nogil=True)
+    def gather(slots, u, neuron, z0, y0, x0, dense):
+        n_slots = slots.shape[0]
+        dz, dy, dx = dense.shape
+        for z in range(dz):
+            for y in range(dy):
+                for x in range(dx):
+                    value = np.float32(0.0)
+                    for k in range(n_slots):
+                        if slots[k, z0 + z, y0 + y, x0 + x] == neuron:
+                            value = u[k, z0 + z, y0 + y, x0 + x]
+                            break
+                    dense[z, y, x] = value
 
-        @numba.njit(cache=True, nogil=True)
-        def scatter(slots, out, neuron, z0, y0, x0, values):
-            n_slots = slots.shape[0]
-            dz, dy, dx = values.shape
-            for z in range(dz):
-                for y in range(dy):
-                    for x in range(dx):
-                        for k in range(n_slots):
-                            if slots[k, z0 + z, y0 + y, x0 + x] == neuron:
-                                out[k, z0 + z, y0 + y, x0 + x] = values[z, y, x]
-                                break
+    @numba.njit(cache=True, nogil=True)
+    def scatter(slots, out, neuron, z0, y0, x0, values):
+        n_slots = slots.shape[0]
+        dz, dy, dx = values.shape
+        for z in range(dz):
+            for y in range(dy):
+                for x in range(dx):
+                    for k in range(n_slots):
+                        if slots[k, z0 + z, y0 + y, x0 + x] == neuron:
+                            out[k, z0 + z, y0 + y, x0 + x] = values[z, y, x]
+                            break
 
-        _SMOOTH_KERNELS = (gather, scatter)
-    return _SMOOTH_KERNELS or None
+    return (gather, scatter)
 
 def _shifted(a, offset: int, axis: int):
     """``a`` shifted by ``offset`` along spatial ``axis`` (the last three), zero-filled."""

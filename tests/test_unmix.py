@@ -386,3 +386,16 @@ def test_smoothing_engines_agree_bit_for_bit(seed):
     np.testing.assert_array_equal(in_place, plain)
     with pytest.raises(ValueError, match="engine"):
         smooth_abundances(u, slots, (0.5, 0.8, 0.8), engine="numba")
+
+
+def test_numba_kernels_are_built_once_and_none_without_numba(monkeypatch):
+    from segment.unmix import _numba_kernels
+
+    calls = []
+    kernels = _numba_kernels(lambda numba: calls.append(numba) or "built")
+    monkeypatch.setitem(__import__("sys").modules, "numba", None)    # `import numba` now fails
+    assert kernels() is None and kernels() is None and calls == []
+    monkeypatch.undo()
+    pytest.importorskip("numba")
+    again = _numba_kernels(lambda numba: calls.append(numba) or "built")
+    assert again() == "built" and again() == "built" and len(calls) == 1
