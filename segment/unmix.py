@@ -80,6 +80,13 @@ def _numba_kernels(build):
     return kernels
 
 
+def _host_kernels_for(build, engine: str, xp, caller: str):
+    """The numba kernels ``build()`` gives for ``engine`` "auto" on host arrays; None for "xp" or CuPy."""
+    if engine not in ("auto", "xp"):
+        raise ValueError(f"unknown {caller} engine {engine!r}: use 'auto' or 'xp'")
+    return build() if (engine == "auto" and xp is np) else None
+
+
 @_numba_kernels
 def _host_kernels(numba):
     """Numba kernels of one iteration's two slot passes on the host, or None without numba.
@@ -276,12 +283,10 @@ def candidate_slots(labels, radius: int, max_candidates: int = 4, *, engine: str
     if radius < 0 or max_candidates < 1:
         raise ValueError(f"candidate_slots needs radius >= 0 and max_candidates >= 1, "
                          f"got {radius} and {max_candidates}")
-    if engine not in ("auto", "xp"):
-        raise ValueError(f"unknown candidate_slots engine {engine!r}: use 'auto' or 'xp'")
     slots = xp.zeros((max_candidates,) + labels.shape, dtype=labels.dtype)
     slots[0] = labels
     # The union over a box is separable: grow the sets along z, then y, then x.
-    grow = _host_grow_kernel() if (engine == "auto" and xp is np) else None
+    grow = _host_kernels_for(_host_grow_kernel, engine, xp, "candidate_slots")
     if grow is not None:
         overflow = np.zeros(labels.shape, dtype=bool)
         grown = np.empty_like(slots)
@@ -413,9 +418,7 @@ def _slot_passes(slots, table, c: int, engine: str):
     arrays when numba is installed, "xp" the array operations (any backend).
     """
     xp = array_module(slots)
-    if engine not in ("auto", "xp"):
-        raise ValueError(f"unknown unmixing engine {engine!r}: use 'auto' or 'xp'")
-    kernels = _host_kernels() if (engine == "auto" and xp is np) else None
+    kernels = _host_kernels_for(_host_kernels, engine, xp, "unmixing")
     if kernels is not None:
         mix_kernel, update_kernel = kernels
         flat_slots = np.ascontiguousarray(slots).reshape(slots.shape[0], -1)
@@ -501,8 +504,7 @@ def smooth_abundances(u, slots, sigma: Sequence[float], *, truncate: float = 4.0
     sigma = tuple(float(v) for v in sigma)
     if len(sigma) != 3 or any(v < 0 for v in sigma):
         raise ValueError(f"smooth_abundances needs three sigmas >= 0 (z, y, x), got {sigma}")
-    if engine not in ("auto", "xp"):
-        raise ValueError(f"unknown smooth_abundances engine {engine!r}: use 'auto' or 'xp'")
+    kernels = _host_kernels_for(_host_smooth_kernels, engine, xp, "smooth_abundances")
     if out is None:
         out = u.copy()
     elif out is not u:
@@ -511,7 +513,6 @@ def smooth_abundances(u, slots, sigma: Sequence[float], *, truncate: float = 4.0
     if not any(sigma):
         return out
     reach = [int(truncate * v + 0.5) for v in sigma]
-    kernels = _host_smooth_kernels() if (engine == "auto" and xp is np) else None
     for neuron, box in _neuron_boxes(slots, reach):
         if kernels is not None:
             gather, scatter = kernels
