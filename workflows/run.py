@@ -86,27 +86,41 @@ def _versions() -> dict:
     return found
 
 
-#: glibc ``mallopt`` parameter (``<malloc.h>``).
+#: glibc ``mallopt`` parameters (``<malloc.h>``).
+_M_MMAP_THRESHOLD = -3
 _M_ARENA_MAX = -8
+
+#: Allocations of at least this many bytes get pages of their own (``mmap``), returned on free.
+MMAP_THRESHOLD = 1 << 20
 
 
 def limit_heap_retention() -> bool:
-    """Keep every thread's allocations in one glibc arena; True where applied.
+    """Keep freed block arrays from staying resident; True where applied.
 
-    Zarr decodes chunks in a thread pool, and glibc gives each such thread
-    an arena of its own: block arrays decoded there and freed later leave
-    their pages resident in those arenas, where the main thread's next
-    allocations cannot reuse them. On a synchronous run (every block in this
-    process) RSS between blocks sat at 330-440 MiB while Python objects held
-    ~30 MiB above the libraries (~205 MiB), and every block's working set came
-    on top of that. One arena (glibc's ``MALLOC_ARENA_MAX=1``) lets the freed
-    memory be reused: peak RSS of a 128x256x256 sample run 518-522 -> 481 MiB,
-    CPU time unchanged (a fixed mmap threshold gave 467 MiB but +16-21 % CPU
-    in page faults; ``malloc_trim`` after every block, 520 MiB). Set before the
-    first block; process-wide and idempotent; skipped (False) without glibc,
-    or when the environment already sets ``MALLOC_ARENA_MAX`` (glibc read it).
+    Two glibc settings, process-wide, set before the first block:
+
+    * **one arena** (glibc's ``MALLOC_ARENA_MAX=1``). Zarr decodes chunks
+      in a thread pool, and glibc gives each such thread an arena of its
+      own: block arrays decoded there and freed later leave their pages
+      resident in those arenas, where the main thread's next allocations
+      cannot reuse them. Peak RSS of a 128x256x256 sample run 518-522 -> 481
+      MiB, CPU time unchanged.
+    * **a fixed mmap threshold** of :data:`MMAP_THRESHOLD` (``MALLOC_MMAP_THRESHOLD_``).
+      glibc raises its threshold to the size of every mmapped array freed
+      (up to 32 MiB), so after the first block a block's planes (2-8 MiB)
+      come from the heap, whose freed pages stay resident between blocks
+      and fragment: RSS between the relabel blocks of a 256^3 run sat at
+      485-501 MiB with 250 MiB live. Fixed, every array of 1 MiB or more is
+      mapped and unmapped on its own, and a block's peak is the live data
+      plus its working set: peak RSS of that run 720 -> 623 MiB (BENCHMARKS.md
+      "Session 11" has the CPU cost). Dask's worker processes already run
+      with a fixed threshold (``distributed.nanny.pre-spawn-environ`` sets
+      ``MALLOC_TRIM_THRESHOLD_``, which fixes it too).
+
+    Idempotent; skipped (False) without glibc, and each setting is left to
+    the environment when it sets the matching variable (glibc read it).
     """
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc" or "MALLOC_ARENA_MAX" in os.environ:
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt
@@ -114,7 +128,9 @@ def limit_heap_retention() -> bool:
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
-    return mallopt(_M_ARENA_MAX, 1) == 1
+    wanted = {"MALLOC_ARENA_MAX": (_M_ARENA_MAX, 1), "MALLOC_MMAP_THRESHOLD_": (_M_MMAP_THRESHOLD, MMAP_THRESHOLD)}
+    todo = [setting for variable, setting in wanted.items() if variable not in os.environ]
+    return bool(todo) and all(mallopt(param, value) == 1 for param, value in todo)
 
 
 def peak_rss_mib() -> float | None:
