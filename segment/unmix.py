@@ -513,13 +513,22 @@ def smooth_abundances(u, slots, sigma: Sequence[float], *, truncate: float = 4.0
     if not any(sigma):
         return out
     reach = [int(truncate * v + 0.5) for v in sigma]
-    for neuron, box in _neuron_boxes(slots, reach):
+    boxes = _neuron_boxes(slots, reach)
+    if kernels is not None:
+        gather, scatter = kernels
+        # every neuron's box and its blur in two buffers of the largest box (views of their
+        # starts): a fresh pair per neuron would be fresh memory to fault in, per neuron
+        largest = max((int(np.prod([b.stop - b.start for b in box])) for _, box in boxes), default=0)
+        dense_buffer, blurred_buffer = np.empty(largest, out.dtype), np.empty(largest, out.dtype)
+    for neuron, box in boxes:
         if kernels is not None:
-            gather, scatter = kernels
             corner = tuple(int(b.start) for b in box)
-            dense = np.empty(tuple(b.stop - b.start for b in box), out.dtype)
+            box_shape = tuple(b.stop - b.start for b in box)
+            size = int(np.prod(box_shape))
+            dense, blurred = dense_buffer[:size].reshape(box_shape), blurred_buffer[:size].reshape(box_shape)
             gather(slots, out, neuron, *corner, dense)
-            scatter(slots, out, neuron, *corner, gaussian(dense, sigma, truncate=truncate, mode="reflect"))
+            gaussian(dense, sigma, truncate=truncate, mode="reflect", output=blurred)
+            scatter(slots, out, neuron, *corner, blurred)
             continue
         region = (slice(None),) + box
         mine = slots[region] == neuron
@@ -764,11 +773,19 @@ def _contacts(lab):
     pad = xp.pad(lab, 1)
     shape = lab.shape
     contact = xp.zeros(shape, dtype=bool)
+    # two reused planes instead of three temporaries per neighbour (78 block-sized arrays, each
+    # fresh memory to fault in)
+    differs, labelled = xp.empty(shape, dtype=bool), xp.empty(shape, dtype=bool)
     for dz in (-1, 0, 1):
         for dy in (-1, 0, 1):
             for dx in (-1, 0, 1):
                 if dz == dy == dx == 0:
                     continue
                 nb = pad[1 + dz:1 + dz + shape[0], 1 + dy:1 + dy + shape[1], 1 + dx:1 + dx + shape[2]]
-                contact |= (nb != lab) & (nb > 0)
-    return contact & (lab > 0)
+                xp.not_equal(nb, lab, out=differs)
+                xp.greater(nb, 0, out=labelled)
+                differs &= labelled
+                contact |= differs
+    xp.greater(lab, 0, out=labelled)
+    contact &= labelled
+    return contact

@@ -399,3 +399,18 @@ def test_numba_kernels_are_built_once_and_none_without_numba(monkeypatch):
     pytest.importorskip("numba")
     again = _numba_kernels(lambda numba: calls.append(numba) or "built")
     assert again() == "built" and again() == "built" and len(calls) == 1
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_contact_voxels_are_labelled_voxels_with_another_label_among_their_26_neighbours(seed):
+    from segment.unmix import _contacts
+
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 4, (5, 7, 6)).astype(np.uint32)
+    labels[rng.random(labels.shape) < 0.5] = 0
+    expected = np.zeros(labels.shape, bool)
+    for index in np.ndindex(labels.shape):
+        if labels[index]:
+            box = labels[tuple(slice(max(i - 1, 0), i + 2) for i in index)]
+            expected[index] = bool(((box != labels[index]) & (box > 0)).any())
+    np.testing.assert_array_equal(_contacts(labels), expected)
