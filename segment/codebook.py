@@ -390,10 +390,24 @@ def assign_codes(barcodes, centroids, identity, *, mask=None, floor: float = 0.0
     # Only the kept voxels (the foreground: a fraction of the block) are scored.
     picked = barcodes[:, keep].astype(xp.float32, copy=False)
     labels = xp.zeros(barcodes.shape[1:], dtype=xp.uint32)
-    # cosine up to the voxel's norm, which does not change the argmax
-    scores = cent @ picked
-    labels[keep] = ident[(xp.argmax(scores, axis=0) if xp is not np else _argmax_rows(scores)) + 1]
+    chosen = xp.empty(picked.shape[1], dtype=xp.uint32)
+    # cosine up to the voxel's norm, which does not change the argmax; the scores (codes x voxels)
+    # go by column chunks, since the codes grow with the volume (25 at 256^3, 47 at 512^3)
+    for part in _column_chunks(picked.shape[1], cent.shape[0]):
+        scores = cent @ picked[:, part]
+        chosen[part] = ident[(xp.argmax(scores, axis=0) if xp is not np else _argmax_rows(scores)) + 1]
+    labels[keep] = chosen
     return labels
+
+
+#: Bytes of one chunk of a (codes x voxels) float32 score table.
+SCORE_CHUNK_BYTES = 16 << 20
+
+
+def _column_chunks(n: int, rows: int) -> list[slice]:
+    """Slices of ``range(n)`` whose (rows x columns) float32 tables stay under :data:`SCORE_CHUNK_BYTES`."""
+    step = max(1, SCORE_CHUNK_BYTES // (4 * max(rows, 1)))
+    return [slice(start, min(start + step, n)) for start in range(0, n, step)]
 
 
 def _argmax_rows(scores: np.ndarray) -> np.ndarray:
@@ -457,6 +471,7 @@ def refine_contacts(labels, barcodes, centroids, identity):
     pad = xp.pad(lab, 1)
     neighbours = []
     contact = xp.zeros(shape, dtype=bool)
+    differs, labelled = xp.empty(shape, dtype=bool), xp.empty(shape, dtype=bool)   # reused per neighbour
     for dz in (-1, 0, 1):
         for dy in (-1, 0, 1):
             for dx in (-1, 0, 1):
@@ -464,30 +479,39 @@ def refine_contacts(labels, barcodes, centroids, identity):
                     continue
                 nb = pad[1 + dz:1 + dz + shape[0], 1 + dy:1 + dy + shape[1], 1 + dx:1 + dx + shape[2]]
                 neighbours.append(nb)
-                contact |= (nb != lab) & (nb > 0)
-    contact &= lab > 0
+                xp.not_equal(nb, lab, out=differs)
+                xp.greater(nb, 0, out=labelled)
+                differs &= labelled
+                contact |= differs
+    xp.greater(lab, 0, out=labelled)
+    contact &= labelled
+    del differs, labelled
     where = xp.nonzero(contact)
     m = int(where[0].size)
     if m == 0:
         return lab
-    b = barcodes[(slice(None),) + where].astype(xp.float32, copy=False)          # (k, m)
-    code_scores = xp.asarray(cent) @ b                                           # (c, m)
     n_ident = int(ident.max()) + 1
-    scores = xp.full((n_ident, m), -np.inf, dtype=xp.float32)
-    for row, d in enumerate(ident):
-        scores[d] = xp.maximum(scores[d], code_scores[row])
-    scores[0] = -np.inf                                                          # unlabelled neighbours never win
-    cols = xp.arange(m)
-    best = lab[where].astype(xp.int64)
-    best_score = scores[best, cols]
-    for nb in neighbours:
-        cand = nb[where].astype(xp.int64)
-        sc = scores[cand, cols]
-        better = sc > best_score
-        best = xp.where(better, cand, best)
-        best_score = xp.where(better, sc, best_score)
     out = lab.copy()
-    out[where] = best.astype(xp.uint32)
+    # (codes x voxels) and (identities x voxels) score tables by column chunks: the codes grow
+    # with the volume
+    for part in _column_chunks(m, cent.shape[0] + n_ident):
+        at = tuple(w[part] for w in where)
+        b = barcodes[(slice(None),) + at].astype(xp.float32, copy=False)          # (k, chunk)
+        code_scores = xp.asarray(cent) @ b                                        # (c, chunk)
+        scores = xp.full((n_ident, b.shape[1]), -np.inf, dtype=xp.float32)
+        for row, d in enumerate(ident):
+            scores[d] = xp.maximum(scores[d], code_scores[row])
+        scores[0] = -np.inf                                                       # unlabelled neighbours never win
+        cols = xp.arange(b.shape[1])
+        best = lab[at].astype(xp.int64)
+        best_score = scores[best, cols]
+        for nb in neighbours:
+            cand = nb[at].astype(xp.int64)
+            sc = scores[cand, cols]
+            better = sc > best_score
+            best = xp.where(better, cand, best)
+            best_score = xp.where(better, sc, best_score)
+        out[at] = best.astype(xp.uint32)
     return out
 
 

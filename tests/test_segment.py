@@ -322,6 +322,28 @@ def test_refine_contacts_gives_flooded_contact_voxels_back_to_the_code_they_show
     np.testing.assert_array_equal(refine_contacts(one, np.ones((3, 2, 2, 2), np.float32), cent, [1, 2, 3]), one)
 
 
+
+@pytest.mark.parametrize("chunk_bytes", [4 * 7 * 5, 4 * 7 * 64, 1 << 20])
+def test_code_scores_by_column_chunks_equal_one_table(monkeypatch, chunk_bytes):
+    """assign_codes and refine_contacts give the same labels whatever the chunk of their score tables."""
+    import segment.codebook as codebook
+
+    rng = np.random.default_rng(4)
+    cent = rng.random((7, 5)).astype(np.float32)
+    cent /= np.linalg.norm(cent, axis=1, keepdims=True)
+    ident = [1, 2, 2, 3, 4, 5, 5]
+    bc = rng.random((5, 6, 9, 11)).astype(np.float32)
+    mask = rng.random(bc.shape[1:]) < 0.7
+    whole_labels = assign_codes(bc, cent, ident, mask=mask, floor=0.2)
+    flooded = (rng.integers(1, 6, mask.shape) * mask).astype(np.uint32)       # labels the barcodes disagree with
+    whole_refined = refine_contacts(flooded, bc, cent, ident)
+    monkeypatch.setattr(codebook, "SCORE_CHUNK_BYTES", chunk_bytes)
+    assert len(codebook._column_chunks(int(mask.sum()), 7)) > (1 if chunk_bytes < 1 << 20 else 0)
+    labels = assign_codes(bc, cent, ident, mask=mask, floor=0.2)
+    np.testing.assert_array_equal(labels, whole_labels)
+    np.testing.assert_array_equal(refine_contacts(flooded, bc, cent, ident), whole_refined)
+    assert (whole_refined != flooded).any()                # the contact pass had something to decide
+
 # -- edges and agglomeration ---------------------------------------------------
 def test_contact_edges_count_each_pair_once_across_blocks():
     rng = np.random.default_rng(1)
