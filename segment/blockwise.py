@@ -649,10 +649,12 @@ def relabel_step(block: Block, *, fragments_path: str, lut_path: str, labels_pat
     neurons = _neurons_of(zarr.open_array(fragments_path, mode="r")[region], keys, values, block)
     stats = {}
     if refine:
+        local, original = _local_neuron_ids(neurons)
+        del neurons                     # the pass works on 32-bit local ids: free the 64-bit read region
+        refined = _refine_neuron_contacts(local, original, volume_path, plan, neuron_barcodes_path, block, device)
         inner = block.write_in_read
-        before = neurons[inner]
-        neurons = _refine_neuron_contacts(neurons, volume_path, plan, neuron_barcodes_path, block, device)[inner]
-        stats["contact_changes"] = int(np.count_nonzero(neurons != before))
+        stats["contact_changes"] = int(np.count_nonzero(refined[inner] != local[inner]))
+        neurons = original[refined[inner]]
     out = np.ascontiguousarray(neurons, dtype=np.uint64)
     zarr.open_array(labels_path, mode="r+")[block.write] = out
     return {"voxels": int(np.count_nonzero(out)), **stats}
@@ -698,18 +700,26 @@ def unmixing_inputs(raw, means: np.ndarray, plan: FragmentPlan):
     return observed, barcodes
 
 
-def _refine_neuron_contacts(neurons: np.ndarray, volume_path: str, plan: FragmentPlan, neuron_barcodes_path: str,
-                            block: Block, device: str) -> np.ndarray:
-    """The final contact pass on the neuron labels of a read region (host uint64 in and out)."""
+def _local_neuron_ids(neurons: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(local, original)``: consecutive uint32 ids 1..n of a block's neurons, and ``original[local]`` = neuron id."""
     import fastremap
 
-    if not neurons.any():
-        return neurons
     local, mapping = fastremap.renumber(neurons, preserve_zero=True, in_place=False)
     local = local.astype(np.uint32, copy=False)
-    original = np.zeros(int(local.max()) + 1, np.uint64)     # local id -> neuron id (0 -> 0)
+    original = np.zeros(int(local.max(initial=0)) + 1, np.uint64)     # local id -> neuron id (0 -> 0)
     for neuron, index in mapping.items():
         original[index] = neuron
+    return local, original
+
+
+def _refine_neuron_contacts(local: np.ndarray, original: np.ndarray, volume_path: str, plan: FragmentPlan,
+                            neuron_barcodes_path: str, block: Block, device: str) -> np.ndarray:
+    """The final contact pass on the local neuron ids of a read region (host uint32 in and out).
+
+    ``local`` holds ids 1..n (0: none) of neurons ``original[1:]`` (see :func:`_local_neuron_ids`).
+    """
+    if len(original) < 2:
+        return local
     means = np.load(neuron_barcodes_path)
     ids, vectors = means["ids"].astype(np.uint64), means["means"].astype(np.float64)
     order = np.argsort(ids)
@@ -724,11 +734,9 @@ def _refine_neuron_contacts(neurons: np.ndarray, volume_path: str, plan: Fragmen
     if plan.contact_method == "unmix":
         observed, fallback = unmixing_inputs(to_device(raw, device), directions, plan)
         del raw                                 # the rounds need only the normalised observation
-        refined = unmix_rounds(to_device(local, device), observed, fallback, plan.unmix_settings())
-        return original[to_host(refined)]
+        return to_host(unmix_rounds(to_device(local, device), observed, fallback, plan.unmix_settings()))
     directions /= np.maximum(np.linalg.norm(directions, axis=1, keepdims=True), 1e-12)
     bc = contact_barcodes(to_device(raw, device), plan)
     del raw
-    refined = refine_contacts(to_device(local, device), bc, directions.astype(np.float32),
-                              np.arange(1, len(present) + 1))
-    return original[to_host(refined)]
+    return to_host(refine_contacts(to_device(local, device), bc, directions.astype(np.float32),
+                                   np.arange(1, len(present) + 1)))
