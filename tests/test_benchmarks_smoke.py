@@ -4,9 +4,12 @@ Structure only: no timing is asserted (a slow machine must never fail a test).
 """
 
 import json
+import platform
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,3 +92,16 @@ def test_contact_cost_script_times_the_variants_asked_for():
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [line.split("|")[1].strip() for line in out.stdout.splitlines() if line.startswith(("| cosine", "| unmix"))]
     assert rows == ["cosine", "unmix, session 8"]
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_heap_cost_script_runs_each_mode_in_fresh_processes(tmp_path):
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-m", "benchmarks.heap_cost", "--shape", "16,64,64", "--block-shape",
+                          "16,64,64", "--repeats", "1", "--modes", "arena,lean", "--tmpdir", str(tmp_path)],
+                         cwd=repo, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = {line.split()[0]: line.split() for line in out.stdout.splitlines() if line.startswith(("arena", "lean"))}
+    assert set(rows) == {"arena", "lean"}
+    assert rows["arena"][-2:] == ["1.000", "1.000"]                 # ratios to the first mode
+    assert float(rows["lean"][1]) > 0 and float(rows["lean"][5]) > 0  # wall seconds, peak MiB

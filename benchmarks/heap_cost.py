@@ -1,0 +1,130 @@
+"""What the allocator settings of a run cost and save: the pipeline in fresh processes, alternating.
+
+    .venv/bin/python -m benchmarks.heap_cost [--shape 64,256,256] [--repeats 3] [--modes arena,lean]
+
+:func:`workflows.run.limit_heap_retention` sets glibc's allocator before the
+first block. Its settings are process-wide and cannot be undone, so each run
+here is a fresh child process (``python -m benchmarks.heap_cost --child``),
+and the modes alternate so that a slow spell of a shared machine hits all:
+
+``glibc``
+    glibc's defaults (an arena per thread, a dynamic mmap threshold).
+``arena``
+    one arena, dynamic mmap threshold: ``limit_heap_retention`` until session 11.
+``lean``
+    one arena and a fixed 1 MiB mmap threshold: ``limit_heap_retention`` now.
+
+One synthetic sample (seed 0) is generated into a temporary folder; one
+untimed warm-up run (numba's cache, the page cache) precedes the timed ones.
+Printed per mode: median wall and CPU seconds of the whole pipeline
+(synchronous, device cpu), Mvox/s per core, minor page faults, and peak RSS
+(``VmHWM``), each with its ratio to the first mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import logging
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .suite import _make_sample, _shape, _workflow_config
+
+log = logging.getLogger("benchmarks.heap_cost")
+
+MODES = ("glibc", "arena", "lean")
+
+
+def _arena_only() -> bool:
+    """``limit_heap_retention`` as it was before session 11: one arena, nothing else."""
+    mallopt = ctypes.CDLL(None).mallopt
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    return mallopt(-8, 1) == 1                      # M_ARENA_MAX
+
+
+def _child(mode: str, sample_dir: str, out: str, block_shape: str) -> int:
+    """Subprocess body: one pipeline run under ``mode``; prints one JSON line."""
+    import workflows.run as run
+
+    if mode == "glibc":
+        run.limit_heap_retention = lambda: False
+    elif mode == "arena":
+        run.limit_heap_retention = _arena_only
+    t0, c0 = time.perf_counter(), time.process_time()
+    faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    run.run_workflow(_workflow_config(Path(sample_dir), Path(out), _shape(block_shape)), progress=False)
+    record = {"mode": mode, "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
+              "minor_faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0,
+              "peak_rss_mib": run.peak_rss_mib()}
+    sys.stdout.write(json.dumps(record) + "\n")
+    return 0
+
+
+def _run_child(mode: str, sample: Path, out: Path, block_shape) -> dict:
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [sys.executable, "-m", "benchmarks.heap_cost", "--child", mode, str(sample), str(out),
+           ",".join(map(str, block_shape))]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    if proc.returncode != 0:
+        raise RuntimeError(f"heap_cost child ({mode}) failed (rc {proc.returncode}):\n{proc.stderr[-2000:]}")
+    shutil.rmtree(out, ignore_errors=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.heap_cost", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shape", type=_shape, default=(64, 256, 256), help="sample z,y,x (default 64,256,256)")
+    parser.add_argument("--block-shape", type=_shape, default=(64, 128, 128), help="default 64,128,128")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per mode (default 3)")
+    parser.add_argument("--modes", default="arena,lean", help=f"comma-separated subset of {','.join(MODES)}")
+    parser.add_argument("--tmpdir", default=None, help="where the temporary sample and runs go")
+    parser.add_argument("--child", nargs=4, metavar=("MODE", "SAMPLE", "OUT", "BLOCK"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        return _child(*args.child)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if not modes or set(modes) - set(MODES):
+        parser.error(f"--modes must name some of {', '.join(MODES)}, got {args.modes!r}")
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    root = Path(tempfile.mkdtemp(prefix="oc-heap-", dir=args.tmpdir))
+    try:
+        sample = _make_sample(root, args.shape, 0)
+        log.info("warm-up run (%s, untimed)", modes[0])
+        _run_child(modes[0], sample, root / "run", args.block_shape)
+        runs: dict[str, list[dict]] = {m: [] for m in modes}
+        for i in range(args.repeats):
+            for mode in modes:
+                record = _run_child(mode, sample, root / "run", args.block_shape)
+                log.info("run %d %s: %.1f s wall, %.1f s CPU, peak %.0f MiB", i + 1, mode, record["wall_s"],
+                         record["cpu_s"], record["peak_rss_mib"])
+                runs[mode].append(record)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    mvox = float(np.prod(args.shape)) / 1e6
+    med = {m: {k: statistics.median(r[k] for r in rs) for k in ("wall_s", "cpu_s", "minor_faults", "peak_rss_mib")}
+           for m, rs in runs.items()}
+    base = med[modes[0]]
+    print(f"pipeline {'x'.join(map(str, args.shape))}, blocks {'x'.join(map(str, args.block_shape))}, "
+          f"synchronous, medians of {args.repeats} fresh processes per mode")
+    print(f"{'mode':8s} {'wall s':>8s} {'CPU s':>8s} {'Mvox/s/core':>12s} {'minor faults':>13s} {'peak MiB':>9s}"
+          f" {'wall x':>7s} {'peak x':>7s}")
+    for mode, m in med.items():
+        print(f"{mode:8s} {m['wall_s']:8.1f} {m['cpu_s']:8.1f} {mvox / m['cpu_s']:12.3f} {m['minor_faults']:13.0f}"
+              f" {m['peak_rss_mib']:9.0f} {m['wall_s'] / base['wall_s']:7.3f} {m['peak_rss_mib'] / base['peak_rss_mib']:7.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
