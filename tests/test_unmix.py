@@ -384,6 +384,9 @@ def test_smoothing_engines_agree_bit_for_bit(seed):
     in_place = u.copy()
     smooth_abundances(in_place, slots, (0.5, 0.8, 0.8), out=in_place)
     np.testing.assert_array_equal(in_place, plain)
+    strided = np.asfortranarray(u)                        # the host kernels index a C raster: copied in and out
+    assert smooth_abundances(strided, slots, (0.5, 0.8, 0.8), out=strided) is strided
+    np.testing.assert_array_equal(strided, plain)
     with pytest.raises(ValueError, match="engine"):
         smooth_abundances(u, slots, (0.5, 0.8, 0.8), engine="numba")
 
