@@ -40,6 +40,7 @@ __all__ = [
     "assign_codes",
     "code_statistics",
     "codebook_from_statistics",
+    "contact_voxels",
     "despeckle",
     "discover_codebook",
     "gap_codes",
@@ -467,26 +468,8 @@ def refine_contacts(labels, barcodes, centroids, identity):
     ident = np.asarray(identity, dtype=np.int64).reshape(-1)
     if cent.shape[0] == 0 or lab.ndim != 3 or not bool(lab.any()):
         return lab
-    shape = lab.shape
-    pad = xp.pad(lab, 1)
-    neighbours = []
-    contact = xp.zeros(shape, dtype=bool)
-    differs, labelled = xp.empty(shape, dtype=bool), xp.empty(shape, dtype=bool)   # reused per neighbour
-    for dz in (-1, 0, 1):
-        for dy in (-1, 0, 1):
-            for dx in (-1, 0, 1):
-                if dz == dy == dx == 0:
-                    continue
-                nb = pad[1 + dz:1 + dz + shape[0], 1 + dy:1 + dy + shape[1], 1 + dx:1 + dx + shape[2]]
-                neighbours.append(nb)
-                xp.not_equal(nb, lab, out=differs)
-                xp.greater(nb, 0, out=labelled)
-                differs &= labelled
-                contact |= differs
-    xp.greater(lab, 0, out=labelled)
-    contact &= labelled
-    del differs, labelled
-    where = xp.nonzero(contact)
+    neighbours = _neighbour_views(lab)
+    where = xp.nonzero(contact_voxels(lab))
     m = int(where[0].size)
     if m == 0:
         return lab
@@ -513,6 +496,32 @@ def refine_contacts(labels, barcodes, centroids, identity):
             best_score = xp.where(better, sc, best_score)
         out[at] = best.astype(xp.uint32)
     return out
+
+
+def _neighbour_views(lab) -> list:
+    """The 26 neighbours of every voxel of ``lab``: views of a zero-padded copy, one per offset."""
+    xp = array_module(lab)
+    pad = xp.pad(lab, 1)
+    shape = lab.shape
+    return [pad[1 + dz:1 + dz + shape[0], 1 + dy:1 + dy + shape[1], 1 + dx:1 + dx + shape[2]]
+            for dz in (-1, 0, 1) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dz, dy, dx) != (0, 0, 0)]
+
+
+def contact_voxels(labels):
+    """Labelled voxels with a 26-neighbour of another non-zero label (bool, on the device of ``labels``)."""
+    xp = array_module(labels)
+    contact = xp.zeros(labels.shape, dtype=bool)
+    # two reused planes instead of three temporaries per neighbour (78 block-sized arrays, each
+    # fresh memory to fault in)
+    differs, labelled = xp.empty(labels.shape, dtype=bool), xp.empty(labels.shape, dtype=bool)
+    for nb in _neighbour_views(labels):
+        xp.not_equal(nb, labels, out=differs)
+        xp.greater(nb, 0, out=labelled)
+        differs &= labelled
+        contact |= differs
+    xp.greater(labels, 0, out=labelled)
+    contact &= labelled
+    return contact
 
 
 def despeckle(labels, mask, landscape, min_size: int):

@@ -50,6 +50,7 @@ import numpy as np
 from pipeline import array_module, to_host
 from pipeline.filters import gaussian, maximum
 
+from .codebook import contact_voxels
 from .kernels import PSF_TRUNCATE
 
 __all__ = ["UnmixSettings", "candidate_slots", "core_barcodes", "smooth_abundances", "unmix_abundances",
@@ -678,7 +679,7 @@ def unmix_contacts(labels, observed, barcodes, *, psf_sigma: Sequence[float], it
         return lab
     if bars.shape[0] < n:
         raise ValueError(f"unmix_contacts: labels go up to {n} but {bars.shape[0]} barcodes were given")
-    decide = _contacts(lab)
+    decide = contact_voxels(lab)
     if not bool(decide.any()) and grow_threshold is None:
         return lab
     # local ids are few: 16-bit slots halve the largest work array
@@ -806,7 +807,7 @@ def core_barcodes(labels, observed, fallback, *, margin: int = 2, min_voxels: in
     fallback = np.asarray(fallback, dtype=np.float64)
     n, c = fallback.shape
     lab = labels.astype(xp.uint32, copy=False)
-    near = maximum(_contacts(lab).view(xp.uint8), 2 * margin + 1) > 0
+    near = maximum(contact_voxels(lab).view(xp.uint8), 2 * margin + 1) > 0
     core = (lab > 0) & ~near
     ids = lab[core].astype(xp.int64)
     counts = to_host(xp.bincount(ids, minlength=n + 1))[1:n + 1]
@@ -816,27 +817,3 @@ def core_barcodes(labels, observed, fallback, *, margin: int = 2, min_voxels: in
     enough = counts >= min_voxels
     out[enough] = sums[enough] / counts[enough, None]
     return out
-
-
-def _contacts(lab):
-    """Labelled voxels with a 26-neighbour of another non-zero label."""
-    xp = array_module(lab)
-    pad = xp.pad(lab, 1)
-    shape = lab.shape
-    contact = xp.zeros(shape, dtype=bool)
-    # two reused planes instead of three temporaries per neighbour (78 block-sized arrays, each
-    # fresh memory to fault in)
-    differs, labelled = xp.empty(shape, dtype=bool), xp.empty(shape, dtype=bool)
-    for dz in (-1, 0, 1):
-        for dy in (-1, 0, 1):
-            for dx in (-1, 0, 1):
-                if dz == dy == dx == 0:
-                    continue
-                nb = pad[1 + dz:1 + dz + shape[0], 1 + dy:1 + dy + shape[1], 1 + dx:1 + dx + shape[2]]
-                xp.not_equal(nb, lab, out=differs)
-                xp.greater(nb, 0, out=labelled)
-                differs &= labelled
-                contact |= differs
-    xp.greater(lab, 0, out=labelled)
-    contact &= labelled
-    return contact

@@ -406,7 +406,7 @@ def test_numba_kernels_are_built_once_and_none_without_numba(monkeypatch):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_contact_voxels_are_labelled_voxels_with_another_label_among_their_26_neighbours(seed):
-    from segment.unmix import _contacts
+    from segment.codebook import contact_voxels
 
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 4, (5, 7, 6)).astype(np.uint32)
@@ -416,4 +416,4 @@ def test_contact_voxels_are_labelled_voxels_with_another_label_among_their_26_ne
         if labels[index]:
             box = labels[tuple(slice(max(i - 1, 0), i + 2) for i in index)]
             expected[index] = bool(((box != labels[index]) & (box > 0)).any())
-    np.testing.assert_array_equal(_contacts(labels), expected)
+    np.testing.assert_array_equal(contact_voxels(labels), expected)
