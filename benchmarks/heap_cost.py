@@ -24,7 +24,7 @@ Printed per mode: median wall and CPU seconds of the whole pipeline
 from __future__ import annotations
 
 import argparse
-import ctypes
+import functools
 import json
 import logging
 import resource
@@ -45,13 +45,6 @@ log = logging.getLogger("benchmarks.heap_cost")
 MODES = ("glibc", "arena", "lean")
 
 
-def _arena_only() -> bool:
-    """``limit_heap_retention`` as it was before session 11: one arena, nothing else."""
-    mallopt = ctypes.CDLL(None).mallopt
-    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    return mallopt(-8, 1) == 1                      # M_ARENA_MAX
-
-
 def _child(mode: str, sample_dir: str, out: str, block_shape: str) -> int:
     """Subprocess body: one pipeline run under ``mode``; prints one JSON line."""
     import workflows.run as run
@@ -59,7 +52,7 @@ def _child(mode: str, sample_dir: str, out: str, block_shape: str) -> int:
     if mode == "glibc":
         run.limit_heap_retention = lambda: False
     elif mode == "arena":
-        run.limit_heap_retention = _arena_only
+        run.limit_heap_retention = functools.partial(run.limit_heap_retention, mmap_threshold=None)
     t0, c0 = time.perf_counter(), time.process_time()
     faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     run.run_workflow(_workflow_config(Path(sample_dir), Path(out), _shape(block_shape)), progress=False)

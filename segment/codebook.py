@@ -469,7 +469,7 @@ def refine_contacts(labels, barcodes, centroids, identity):
     if cent.shape[0] == 0 or lab.ndim != 3 or not bool(lab.any()):
         return lab
     neighbours = _neighbour_views(lab)
-    where = xp.nonzero(contact_voxels(lab))
+    where = xp.nonzero(contact_voxels(lab, neighbours))
     m = int(where[0].size)
     if m == 0:
         return lab
@@ -507,14 +507,17 @@ def _neighbour_views(lab) -> list:
             for dz in (-1, 0, 1) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dz, dy, dx) != (0, 0, 0)]
 
 
-def contact_voxels(labels):
-    """Labelled voxels with a 26-neighbour of another non-zero label (bool, on the device of ``labels``)."""
+def contact_voxels(labels, neighbours=None):
+    """Labelled voxels with a 26-neighbour of another non-zero label (bool, on the device of ``labels``).
+
+    ``neighbours``: the caller's :func:`_neighbour_views` of ``labels``, if it has them.
+    """
     xp = array_module(labels)
     contact = xp.zeros(labels.shape, dtype=bool)
     # two reused planes instead of three temporaries per neighbour (78 block-sized arrays, each
     # fresh memory to fault in)
     differs, labelled = xp.empty(labels.shape, dtype=bool), xp.empty(labels.shape, dtype=bool)
-    for nb in _neighbour_views(labels):
+    for nb in (neighbours if neighbours is not None else _neighbour_views(labels)):
         xp.not_equal(nb, labels, out=differs)
         xp.greater(nb, 0, out=labelled)
         differs &= labelled

@@ -94,7 +94,7 @@ _M_ARENA_MAX = -8
 MMAP_THRESHOLD = 1 << 20
 
 
-def limit_heap_retention() -> bool:
+def limit_heap_retention(mmap_threshold: int | None = MMAP_THRESHOLD) -> bool:
     """Keep freed block arrays from staying resident; True where applied.
 
     Two glibc settings, process-wide, set before the first block:
@@ -119,6 +119,8 @@ def limit_heap_retention() -> bool:
 
     Idempotent; skipped (False) without glibc, and each setting is left to
     the environment when it sets the matching variable (glibc read it).
+    ``mmap_threshold=None`` keeps glibc's dynamic threshold (one arena only;
+    ``benchmarks.heap_cost`` compares the two).
     """
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
@@ -128,7 +130,9 @@ def limit_heap_retention() -> bool:
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
-    wanted = {"MALLOC_ARENA_MAX": (_M_ARENA_MAX, 1), "MALLOC_MMAP_THRESHOLD_": (_M_MMAP_THRESHOLD, MMAP_THRESHOLD)}
+    wanted = {"MALLOC_ARENA_MAX": (_M_ARENA_MAX, 1)}
+    if mmap_threshold is not None:
+        wanted["MALLOC_MMAP_THRESHOLD_"] = (_M_MMAP_THRESHOLD, int(mmap_threshold))
     todo = [setting for variable, setting in wanted.items() if variable not in os.environ]
     return bool(todo) and all(mallopt(param, value) == 1 for param, value in todo)
 
