@@ -33,9 +33,10 @@ The abundances are stored sparsely: each voxel holds at most
 
 One iteration costs two Gaussian blurs per channel (as one Richardson-Lucy
 iteration of the channels does) plus two passes over the slots. The passes
-are array operations written once with ``xp``, so CuPy arrays stay on the
-device; on the host, when numba is installed, two fused kernels do the same
-arithmetic (tested equal) several times faster.
+are array operations written once with ``xp`` (engine "xp"); by default
+(engine "auto") fused kernels do the same arithmetic (tested equal) several
+times faster: numba on the host when it is installed, CUDA kernels
+(:mod:`segment.unmix_gpu`) for CuPy arrays.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from pipeline.filters import gaussian, maximum
 
 from .codebook import contact_voxels
 from .kernels import PSF_TRUNCATE
+from .unmix_gpu import MAX_GROW_SLOTS, device_grow, device_slot_passes, smooth_by_sorted_entries
 
 __all__ = ["UnmixSettings", "candidate_slots", "core_barcodes", "smooth_abundances", "unmix_abundances",
            "unmix_contacts", "unmix_rounds"]
@@ -86,6 +88,11 @@ def _host_kernels_for(build, engine: str, xp, caller: str):
     if engine not in ("auto", "xp"):
         raise ValueError(f"unknown {caller} engine {engine!r}: use 'auto' or 'xp'")
     return build() if (engine == "auto" and xp is np) else None
+
+
+def _device_kernels_for(engine: str, xp) -> bool:
+    """Whether ``engine`` runs the CUDA kernels of :mod:`segment.unmix_gpu`: "auto" on CuPy arrays."""
+    return engine == "auto" and xp is not np
 
 
 @_numba_kernels
@@ -305,9 +312,9 @@ def candidate_slots(labels, radius: int, max_candidates: int = 4, *, engine: str
         Slots per voxel. A voxel with more labels around it keeps the first
         ones found (its own label first); the overflow is counted.
     engine : {"auto", "xp"}
-        "auto": a numba kernel per axis for host arrays when numba is
-        installed (the same slots in the same order); "xp": array
-        operations only (CuPy arrays always take this path).
+        "auto": a fused kernel per axis (the same slots in the same order):
+        numba for host arrays when numba is installed, CUDA for CuPy arrays
+        (up to ``MAX_GROW_SLOTS`` slots); "xp": array operations only.
 
     Returns
     -------
@@ -326,6 +333,8 @@ def candidate_slots(labels, radius: int, max_candidates: int = 4, *, engine: str
     slots[0] = labels
     # The union over a box is separable: grow the sets along z, then y, then x.
     grow = _host_kernels_for(_host_grow_kernel, engine, xp, "candidate_slots")
+    if _device_kernels_for(engine, xp) and max_candidates <= MAX_GROW_SLOTS:
+        return device_grow(slots, int(radius))
     if grow is not None:
         overflow = np.zeros(labels.shape, dtype=bool)
         grown = np.empty_like(slots)
@@ -381,8 +390,8 @@ def unmix_abundances(observed, slots, barcodes, *, psf_sigma: Sequence[float], i
     floor : float
         Lower bound of the model (guards the division).
     engine : {"auto", "xp"}
-        "auto": fused numba kernels for host arrays when numba is installed;
-        "xp": array operations only (CuPy arrays always take this path).
+        "auto": fused kernels, numba for host arrays when numba is
+        installed, CUDA for CuPy arrays; "xp": array operations only.
 
     Returns
     -------
@@ -410,12 +419,14 @@ def unmix_abundances(observed, slots, barcodes, *, psf_sigma: Sequence[float], i
     used = [k for k in range(n_slots) if bool(occupied[k].any())]
     if len(used) < n_slots:             # slots empty everywhere cost every iteration: drop them
         slots, occupied = slots[used], occupied[used]
-    u = occupied.astype(xp.float32)
+    slots = xp.ascontiguousarray(slots)
+    u = xp.ascontiguousarray(occupied, dtype=xp.float32)
     mix, update = _slot_passes(slots, table, c, engine)
     # Two abundance buffers: the estimate ``u`` and ``previous``, whose buffer takes the next
     # iteration's start (Nesterov's extrapolation) and then, updated in place, its result.
+    # All C-contiguous: the fused kernels index them flat.
     previous = None
-    mixed, model = xp.empty_like(obs), xp.empty_like(obs)
+    mixed, model = xp.empty(obs.shape, xp.float32), xp.empty(obs.shape, xp.float32)
     ratio = mixed                       # the mixture is spent once blurred: its buffer takes the ratio
     for i in range(int(iterations)):
         if previous is None:
@@ -454,10 +465,13 @@ def _slot_passes(slots, table, c: int, engine: str):
     Richardson-Lucy step ``start[k] * mean_ch(table[slots[k], ch] * ratio[ch])``
     (0 in empty slots), and ``step`` may be ``start`` itself (each entry is
     read before it is written). ``engine`` "auto" uses the numba kernels on host
-    arrays when numba is installed, "xp" the array operations (any backend).
+    arrays when numba is installed and the CUDA kernels on CuPy arrays, "xp"
+    the array operations (any backend).
     """
     xp = array_module(slots)
     kernels = _host_kernels_for(_host_kernels, engine, xp, "unmixing")
+    if _device_kernels_for(engine, xp):
+        return device_slot_passes(slots, table, c)
     if kernels is not None:
         mix_kernel, update_kernel = kernels
         flat_slots = np.ascontiguousarray(slots).reshape(slots.shape[0], -1)
@@ -472,7 +486,7 @@ def _slot_passes(slots, table, c: int, engine: str):
 
         return mix, update
 
-    # The array path (CuPy arrays take it) gathers each slot's barcode weight from the table in
+    # The array path gathers each slot's barcode weight from the table in
     # every iteration, into one reused plane: stored, the weights would hold 4 * c bytes per
     # voxel and slot, more than the fit's own buffers.
     columns = [xp.ascontiguousarray(table[:, ch]) for ch in range(c)]
@@ -528,9 +542,11 @@ def smooth_abundances(u, slots, sigma: Sequence[float], *, truncate: float = 4.0
         Where to write; may be ``u`` itself (each (slot, voxel) entry belongs
         to one neuron, read before it is written), which saves a copy.
     engine : {"auto", "xp"}
-        "auto": numba kernels gather and scatter each neuron's abundances on
-        the host when numba is installed (the same values); "xp": array
-        operations only (CuPy arrays always take this path).
+        "auto": blur each neuron's abundances in its own box (the same
+        values), gathered and scattered by numba kernels on the host when
+        numba is installed, by one sort of the slot entries on a GPU
+        (:func:`segment.unmix_gpu.smooth_by_sorted_entries`); "xp": array operations
+        only, each neuron in its box on the host, in the whole block on a GPU.
 
     Returns
     -------
@@ -554,6 +570,8 @@ def smooth_abundances(u, slots, sigma: Sequence[float], *, truncate: float = 4.0
     reach = [int(truncate * v + 0.5) for v in sigma]
     if kernels is not None:
         return _smooth_on_host(out, slots, sigma, reach, truncate, kernels)
+    if _device_kernels_for(engine, xp):
+        return smooth_by_sorted_entries(out, slots, sigma, reach, truncate)
     for neuron, box in _neuron_boxes(slots, reach):
         region = (slice(None),) + box
         mine = slots[region] == neuron
@@ -622,7 +640,7 @@ def _neuron_boxes(slots, reach):
 def unmix_contacts(labels, observed, barcodes, *, psf_sigma: Sequence[float], iterations: int,
                    radius: int = 2, beta: float = 0.05, max_candidates: int = 6,
                    smoothing: Sequence[float] | None = None, grow_threshold: float | None = None,
-                   brightness_power: float = 0.0):
+                   brightness_power: float = 0.0, engine: str = "auto"):
     """Give every labelled voxel that touches another label the neuron of largest fitted abundance.
 
     Parameters
@@ -656,6 +674,9 @@ def unmix_contacts(labels, observed, barcodes, *, psf_sigma: Sequence[float], it
         Rows averaged over a neuron's labelled voxels underestimate the
         brightness of thin neurites most, which is why a power between
         0 and 1 does best on the sample.
+    engine : {"auto", "xp"}
+        Fused kernels or array operations (:func:`candidate_slots`,
+        :func:`unmix_abundances`, :func:`smooth_abundances`).
 
     Returns
     -------
@@ -684,12 +705,13 @@ def unmix_contacts(labels, observed, barcodes, *, psf_sigma: Sequence[float], it
         return lab
     # local ids are few: 16-bit slots halve the largest work array
     compact = lab.astype(xp.uint16) if n < np.iinfo(np.uint16).max else lab
-    slots, overflow = candidate_slots(compact, radius, max_candidates)
+    slots, overflow = candidate_slots(compact, radius, max_candidates, engine=engine)
     if overflow:
         log.debug("unmix_contacts: %d voxels have more than %d neurons within %d voxels",
                   overflow, max_candidates, radius)
     table = np.concatenate([np.zeros((1, bars.shape[1])), bars[:n]])
-    u = unmix_abundances(observed, slots, table, psf_sigma=psf_sigma, iterations=iterations, beta=beta)
+    u = unmix_abundances(observed, slots, table, psf_sigma=psf_sigma, iterations=iterations, beta=beta,
+                         engine=engine)
     if brightness_power:
         brightness = np.maximum(table, 0.0).mean(axis=1)
         brightness[0] = 1.0
@@ -697,7 +719,7 @@ def unmix_contacts(labels, observed, barcodes, *, psf_sigma: Sequence[float], it
         for k in range(slots.shape[0]):
             u[k] *= xp.take(scale, slots[k])
     if smoothing is not None:
-        u = smooth_abundances(u, slots, smoothing, out=u)
+        u = smooth_abundances(u, slots, smoothing, out=u, engine=engine)
     if grow_threshold is not None:
         decide |= (lab == 0) & (u.sum(axis=0) > np.float32(grow_threshold))
     where = xp.nonzero(decide)
@@ -725,6 +747,8 @@ class UnmixSettings:
         ``grow_threshold`` of the first round (later rounds never grow).
     brightness : float
         ``brightness_power``.
+    engine : {"auto", "xp"}
+        Fused kernels (default) or array operations; the same labels.
     """
 
     psf_sigma: tuple
@@ -735,6 +759,7 @@ class UnmixSettings:
     smoothing: tuple | None
     grow: float | None
     brightness: float
+    engine: str = "auto"
 
     @classmethod
     def from_config(cls, config, voxel_size) -> "UnmixSettings":
@@ -777,7 +802,7 @@ def unmix_rounds(labels, observed, fallback, settings: UnmixSettings):
                                  iterations=settings.iterations, radius=settings.radius,
                                  beta=settings.background, smoothing=settings.smoothing,
                                  grow_threshold=settings.grow if round_index == 0 else None,
-                                 brightness_power=settings.brightness)
+                                 brightness_power=settings.brightness, engine=settings.engine)
     return refined
 
 

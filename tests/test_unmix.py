@@ -391,6 +391,78 @@ def test_smoothing_engines_agree_bit_for_bit(seed):
         smooth_abundances(u, slots, (0.5, 0.8, 0.8), engine="numba")
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_smoothing_by_sorted_entries_equals_the_array_path_bit_for_bit(seed):
+    """The GPU's smoothing (boxes from sorted slot entries), run here on NumPy arrays."""
+    from segment.unmix_gpu import smooth_by_sorted_entries
+
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 7, size=(11, 15, 13)).astype(np.uint16)
+    labels[rng.random(labels.shape) < 0.3] = 0
+    labels[labels == 4] = 0                               # a neuron id with no entries
+    labels[:3, :4, :5][labels[:3, :4, :5] > 0] = 8        # one neuron in a corner: its box is clipped
+    slots, _ = candidate_slots(labels, 1, max_candidates=5)
+    u = (rng.random(slots.shape) * (slots > 0)).astype(np.float32)
+    sigma, truncate = (0.5, 0.8, 0.8), 4.0
+    plain = smooth_abundances(u, slots, sigma, truncate=truncate, engine="xp")
+    reach = [int(truncate * v + 0.5) for v in sigma]
+    out = u.copy()
+    assert smooth_by_sorted_entries(out, slots, sigma, reach, truncate) is out
+    np.testing.assert_array_equal(out, plain)
+    strided = np.asfortranarray(u)
+    assert smooth_by_sorted_entries(strided, slots, sigma, reach, truncate) is strided
+    np.testing.assert_array_equal(strided, plain)
+    empty = np.zeros_like(u)
+    np.testing.assert_array_equal(smooth_by_sorted_entries(empty, np.zeros_like(slots), sigma, reach, truncate), 0)
+
+
+def _cupy_or_skip():
+    cp = pytest.importorskip("cupy")
+    try:
+        if cp.cuda.runtime.getDeviceCount() < 1:
+            pytest.skip("no CUDA device")
+    except Exception:  # noqa: BLE001 - CUDA raises its own error types without a driver
+        pytest.skip("no CUDA device")
+    return cp
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("seed", range(3))
+def test_gpu_fused_kernels_equal_the_array_path(seed):
+    """The CUDA kernels (segment.unmix_gpu) against the array path, both on the GPU: the same bits."""
+    cp = _cupy_or_skip()
+    rng = np.random.default_rng(seed)
+    for _ in range(6):
+        shape = tuple(int(v) for v in rng.integers(1, 12, 3))
+        labels = rng.integers(0, 9, size=shape).astype(np.uint16 if seed % 2 else np.uint32)
+        labels[rng.random(shape) < 0.4] = 0
+        radius, slots_per_voxel = int(rng.integers(0, 4)), int(rng.integers(1, 7))
+        fused, fused_overflow = candidate_slots(cp.asarray(labels), radius, slots_per_voxel)
+        plain, plain_overflow = candidate_slots(cp.asarray(labels), radius, slots_per_voxel, engine="xp")
+        np.testing.assert_array_equal(cp.asnumpy(fused), cp.asnumpy(plain))
+        assert fused_overflow == plain_overflow
+        host, _ = candidate_slots(labels, radius, slots_per_voxel)
+        np.testing.assert_array_equal(cp.asnumpy(fused), host)
+    truth, image, codes = _two_slabs(noise=0.02, seed=seed)
+    labels = truth.copy()
+    labels[5:11, 3:6, 3:6] = 3
+    codes = np.vstack([codes, [0.5, 0.0, 0.0, 1.0]])
+    slots, _ = candidate_slots(labels, 2)
+    table = np.concatenate([np.zeros((1, 4)), codes])
+    device = [cp.asarray(image), cp.asarray(slots)]
+    fused = unmix_abundances(*device, table, psf_sigma=PSF, iterations=15)
+    plain = unmix_abundances(*device, table, psf_sigma=PSF, iterations=15, engine="xp")
+    np.testing.assert_array_equal(cp.asnumpy(fused), cp.asnumpy(plain))
+    smooth = smooth_abundances(fused, device[1], (0.3, 0.6, 0.6))
+    smooth_plain = smooth_abundances(fused, device[1], (0.3, 0.6, 0.6), engine="xp")
+    np.testing.assert_array_equal(cp.asnumpy(smooth), cp.asnumpy(smooth_plain))
+    labels_fused = unmix_contacts(cp.asarray(labels), cp.asarray(image), codes, psf_sigma=PSF, iterations=20,
+                                  smoothing=(0.3, 0.6, 0.6))
+    labels_plain = unmix_contacts(cp.asarray(labels), cp.asarray(image), codes, psf_sigma=PSF, iterations=20,
+                                  smoothing=(0.3, 0.6, 0.6), engine="xp")
+    np.testing.assert_array_equal(cp.asnumpy(labels_fused), cp.asnumpy(labels_plain))
+
+
 def test_numba_kernels_are_built_once_and_none_without_numba(monkeypatch):
     from segment.unmix import _numba_kernels
 

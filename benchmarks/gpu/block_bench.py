@@ -20,6 +20,7 @@ device that is not there.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import statistics
 import time
@@ -50,8 +51,14 @@ def make_block(shape, n_barcodes: int = 8, seed: int = 0):
     return render(tuple(shape), objects, seed=seed), np.asarray(codes, np.float32)
 
 
-def chain(xp, fill, barcodes, codebook, sync):
-    """The per-block steps on arrays of ``xp``; returns {step: callable} run in order."""
+def chain(xp, fill, barcodes, codebook, sync, unmix_engines=("auto",), state=None):
+    """The per-block steps on arrays of ``xp``; returns {step: callable} run in order.
+
+    The contact pass runs once per engine of ``unmix_engines`` (``segment.unmix``'s "auto": fused
+    kernels, "xp": array operations); the first is "unmix contacts", the others "unmix contacts [ENGINE]".
+    """
+    import dataclasses
+
     from graph.histograms import IntensityBins, label_histograms
     from graph.measure import label_sums
     from segment import SegmentConfig, kernels
@@ -60,7 +67,7 @@ def chain(xp, fill, barcodes, codebook, sync):
     from segment.unmix import UnmixSettings, unmix_rounds
 
     config = SegmentConfig()
-    state = {}
+    state = {} if state is None else state
 
     def normalise():
         stack = xp.concatenate([fill[None], barcodes])
@@ -86,7 +93,7 @@ def chain(xp, fill, barcodes, codebook, sync):
         state["labels"] = despeckle(state["codes"], state["ev"].foreground, state["ev"].boundary,
                                     config.despeckle_size)
 
-    def unmix():
+    def unmix(engine):
         # the default contact pass (segment.unmix.unmix_rounds, as the relabel pass runs it) on the
         # flooded identities, one barcode per identity as the fallback of the cores' barcodes
         centroids, identity = codebook
@@ -94,7 +101,7 @@ def chain(xp, fill, barcodes, codebook, sync):
         for row, ident in zip(np.asarray(centroids), identity):
             table[int(ident) - 1] = row
         # the block's sigmas are in voxels (as the other steps use them): voxel size 1
-        settings = UnmixSettings.from_config(config, (1.0, 1.0, 1.0))
+        settings = dataclasses.replace(UnmixSettings.from_config(config, (1.0, 1.0, 1.0)), engine=engine)
         state["contacts"] = unmix_rounds(state["labels"], state["norm"][1:], table, settings)
 
     def pieces():
@@ -110,9 +117,11 @@ def chain(xp, fill, barcodes, codebook, sync):
         state["histograms"] = label_histograms(state["labels"], barcodes, IntensityBins.for_dtype(barcodes.dtype))
 
     steps = {"normalise": normalise, "deconvolve": deconvolve, "evidence": evidence, "codebook labels": codes,
-             "flood specks": flood,
-             "unmix contacts": unmix, "connected pieces": pieces, "puncta (1 channel)": puncta,
-             "per-label sums": measure, "per-label histograms": histograms}
+             "flood specks": flood}
+    for i, engine in enumerate(unmix_engines):
+        steps["unmix contacts" if i == 0 else f"unmix contacts [{engine}]"] = functools.partial(unmix, engine)
+    steps.update({"connected pieces": pieces, "puncta (1 channel)": puncta,
+                  "per-label sums": measure, "per-label histograms": histograms})
 
     def timed(fn):
         def run():
@@ -123,22 +132,92 @@ def chain(xp, fill, barcodes, codebook, sync):
     return {name: timed(fn) for name, fn in steps.items()}
 
 
-def run_chain(xp, fill, barcodes, codebook, repeats: int, sync, skip=()) -> dict:
-    """Median seconds of every step (and of the whole chain) after one warm-up; ``skip`` names steps left out."""
-    steps = {name: fn for name, fn in chain(xp, fill, barcodes, codebook, sync).items() if name not in skip}
+def run_chain(xp, fill, barcodes, codebook, repeats: int, sync, skip=(), unmix_engines=("auto",)) -> dict:
+    """Median seconds of every step (and of the whole chain) after one warm-up; ``skip`` names steps left out.
+
+    The whole chain counts the first of ``unmix_engines`` only (the others are comparisons).
+    """
+    steps = {name: fn for name, fn in chain(xp, fill, barcodes, codebook, sync, unmix_engines).items()
+             if name not in skip}
     for fn in steps.values():  # warm-up: kernels compiled, memory touched
         fn()
     times = {name: [] for name in steps}
     totals = []
     for _ in range(repeats):
-        t_all = time.perf_counter()
         for name, fn in steps.items():
             t = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t)
-        totals.append(time.perf_counter() - t_all)
+        totals.append(sum(v[-1] for name, v in times.items() if not name.startswith("unmix contacts [")))
     out = {name: statistics.median(v) for name, v in times.items()}
     out["whole chain"] = statistics.median(totals)
+    return out
+
+
+def unmix_breakdown(xp, fill, barcodes, codebook, repeats: int, sync) -> dict:
+    """Seconds (median of ``repeats`` after a warm-up, ``sync``-ed) of the parts of one contact round on ``xp``'s device.
+
+    The chain up to the speck flood runs once; then, on its labels, with both engines of
+    ``segment.unmix``: the candidate slots, one slot pass of each kind (mix, update), the 2 x c
+    Gaussians of one fit iteration, and the smoothing. cProfile cannot split a GPU's time (it
+    charges the queue's waits to whichever launch blocks); these timings can.
+    """
+    from segment import SegmentConfig
+    from segment.kernels import PSF_TRUNCATE
+    from segment.unmix import _slot_passes, candidate_slots, smooth_abundances
+    from pipeline.filters import gaussian
+
+    state = {}
+    steps = chain(xp, xp.asarray(fill), xp.asarray(barcodes), codebook, sync, state=state)
+    for name in ("normalise", "deconvolve", "evidence", "codebook labels", "flood specks"):
+        steps[name]()
+    config = SegmentConfig()
+    labels = state["labels"].astype(xp.uint16)
+    observed = xp.ascontiguousarray(state["norm"][1:], dtype=xp.float32)
+    c = observed.shape[0]
+    n = int(labels.max())
+    table = xp.asarray(np.random.default_rng(0).random((n + 1, c)).astype(np.float32))
+    sigma = tuple(float(v) for v in config.psf_sigma)
+    smoothing = tuple(float(v) for v in config.contact_unmix_smoothing)
+
+    def timed(fn):
+        fn()
+        sync()
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fn()
+            sync()
+            times.append(time.perf_counter() - t)
+        return statistics.median(times)
+
+    out = {}
+    for engine in ("auto", "xp"):
+        slots, _ = candidate_slots(labels, config.contact_unmix_radius, 6, engine=engine)
+        out[f"candidate slots [{engine}]"] = timed(
+            lambda: candidate_slots(labels, config.contact_unmix_radius, 6, engine=engine))
+        slots = xp.ascontiguousarray(slots[[k for k in range(slots.shape[0]) if bool((slots[k] > 0).any())]])
+        u = (slots > 0).astype(xp.float32)
+        mixed, ratio = xp.empty_like(observed), xp.ones_like(observed)
+        mix, update = _slot_passes(slots, table, c, engine)
+        step = xp.empty_like(u)
+        out[f"mix, one iteration [{engine}]"] = timed(lambda: mix(u, mixed))
+        out[f"update, one iteration [{engine}]"] = timed(lambda: update(u, ratio, step))
+        out[f"smoothing [{engine}]"] = timed(lambda: smooth_abundances(u, slots, smoothing, engine=engine))
+    model = xp.empty_like(observed)
+
+    def blurs():
+        for _ in range(2):
+            for ch in range(c):
+                gaussian(observed[ch], sigma, truncate=PSF_TRUNCATE, mode="reflect", output=model[ch])
+
+    out[f"2 x {c} Gaussians, one iteration"] = timed(blurs)
+    stack_sigma = (0.0, *sigma)
+    out[f"2 Gaussians of the {c}-channel stack"] = timed(lambda: [gaussian(observed, stack_sigma, truncate=PSF_TRUNCATE,
+                                                                          mode="reflect", output=model)
+                                                                 for _ in range(2)])
+    out["slots in use"] = float(slots.shape[0])
+    out["neurons"] = float(n)
     return out
 
 
@@ -179,6 +258,11 @@ def main(argv=None) -> int:
                              "functions with the most cumulative time (GPU when there is one)")
     parser.add_argument("--skip", action="append", default=[], metavar="STEP",
                         help='leave a step out of the chain (repeatable), e.g. "unmix contacts"')
+    parser.add_argument("--unmix-engines", default="auto",
+                        help='engines of the contact pass, comma-separated (segment.unmix: "auto" fused kernels, '
+                             '"xp" array operations); the first counts in the whole chain, the others are compared')
+    parser.add_argument("--breakdown", action="store_true",
+                        help="on the GPU, also time the parts of one contact round (unmix_breakdown)")
     parser.add_argument("--tile", default="1,1,1",
                         help="repeat the synthetic block Z,Y,X times (a big block without rendering one)")
     args = parser.parse_args(argv)
@@ -186,6 +270,9 @@ def main(argv=None) -> int:
     shape = tuple(int(v) for v in args.shape.split(","))
     if len(shape) != 3 or min(shape) < 8:
         parser.error(f"--shape needs three sizes >= 8, got {args.shape}")
+    engines = tuple(v.strip() for v in args.unmix_engines.split(",") if v.strip())
+    if not engines or set(engines) - {"auto", "xp"}:
+        parser.error(f"--unmix-engines takes auto and/or xp, got {args.unmix_engines!r}")
     tile = tuple(int(v) for v in args.tile.split(","))
     if len(tile) != 3 or min(tile) < 1:
         parser.error(f"--tile needs three counts >= 1, got {args.tile}")
@@ -204,12 +291,12 @@ def main(argv=None) -> int:
         print("GPU: not measured (no CUDA device visible to CuPy)")
         return 0
     rows = {} if args.gpu_only else {"cpu": run_chain(np, fill, barcodes, codebook, args.repeats, lambda: None,
-                                                          args.skip)}
+                                                          args.skip, engines)}
     device = "none"
     if cp is not None:
         device = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
         rows["gpu"] = run_chain(cp, cp.asarray(fill), cp.asarray(barcodes), codebook, args.repeats,
-                                lambda: cp.cuda.Stream.null.synchronize(), args.skip)
+                                lambda: cp.cuda.Stream.null.synchronize(), args.skip, engines)
     from pipeline.filters import opencv_available
 
     filters = "OpenCV" if opencv_available() else "scipy.ndimage (no OpenCV here: slower than our CPU path)"
@@ -238,6 +325,13 @@ def main(argv=None) -> int:
         print("|---|---|---|")
         for name, seconds in base.items():
             print(f"| {name} | {seconds:.5f} | {stack.size / 1e9 / seconds:.3f} |")
+    if args.breakdown and cp is not None:
+        print(f"parts of one contact round on the GPU (median of {max(args.repeats, 3)}, synchronised):")
+        print("| part | s |")
+        print("|---|---|")
+        for name, value in unmix_breakdown(cp, fill, barcodes, codebook, max(args.repeats, 3),
+                                                   cp.cuda.Stream.null.synchronize).items():
+            print(f"| {name} | {value:.4f} |" if "[" in name or "Gauss" in name else f"| {name} | {value:.0f} |")
     if args.profile:
         import cProfile
         import pstats

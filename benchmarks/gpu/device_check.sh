@@ -10,7 +10,8 @@
 #   3. the sample workflow on CPU and on GPU (benchmarks/gpu/workflow_bench.py): stage times,
 #      evaluation, and how far the GPU labels are from the CPU labels; then the GPU run again
 #      in-process under cProfile (where its time goes). `device_check.sh quick`, for a lease with
-#      less than 10 minutes left, runs the workflow on the GPU only and skips the profile.
+#      less than 10 minutes left, runs the workflow on the GPU only and skips the profile;
+#      `device_check.sh unmix` checks and times the contact pass's CUDA kernels alone (see below).
 # Logs go to $OUT (the device tool brings them back).
 set -uo pipefail
 OUT=${OUT:-$(mktemp -d)}
@@ -29,18 +30,31 @@ step() {  # step SECONDS LOGNAME COMMAND...: run with a timeout, keep the log, r
 
 # Only the files holding gpu tests: the others import exporters (cloud-volume, pynwb...) not carried.
 files=$(grep -l "mark.gpu" tests/test_*.py)
-step 200 gpu_tests python3 -m pytest -q -m gpu -p no:cacheprovider -rs $files
+# `device_check.sh unmix` (about 5 minutes): the contact pass's fused CUDA kernels. The gpu tests, the
+# whole tiny run last (its CPU side has no numba here: minutes), then a 33.5 Mvox block on the GPU with
+# the pass fused (the default) and as array operations, side by side in one process.
+if [ "${1:-full}" = unmix ]; then
+  step 120 gpu_tests python3 -m pytest -q -m gpu -p no:cacheprovider -rs -k "not whole_run" $files
+  step 100 block_bench_unmix python3 -m benchmarks.gpu.block_bench --shape 64,256,256 --tile 2,2,2 --gpu-only \
+    --repeats 1 --unmix-engines auto,xp --breakdown
+  step 60 gpu_whole_run python3 -m pytest -q -m gpu -p no:cacheprovider -rs -k whole_run tests/test_gpu_parity.py
+  exit 0
+fi
+# The quick check (one call of a 15-minute lease, machine start included) keeps every step shorter.
+quick=0; [ "${1:-full}" = quick ] && quick=1
+step $((quick ? 160 : 200)) gpu_tests python3 -m pytest -q -m gpu -p no:cacheprovider -rs $files
 # The unmixing contact pass is left out of the side-by-side run: without numba and OpenCV (not on
 # the device) its CPU side alone would take minutes. The big GPU-only run below times it.
-step 120 block_bench python3 -m benchmarks.gpu.block_bench --shape 64,256,256 --repeats 3 --skip "unmix contacts"
+step $((quick ? 70 : 120)) block_bench python3 -m benchmarks.gpu.block_bench --shape 64,256,256 --repeats 3 --skip "unmix contacts"
 # The default contact pass is 3 rounds x 60 unmixing iterations: on 67 Mvox an estimated 20-40 s per
 # chain on the GPU (not yet measured), hence 2 repeats.
-step 240 block_bench_big python3 -m benchmarks.gpu.block_bench --shape 64,256,256 --tile 4,2,2 --gpu-only --repeats 2 --profile 40
+step $((quick ? 160 : 240)) block_bench_big python3 -m benchmarks.gpu.block_bench --shape 64,256,256 --tile 4,2,2 --gpu-only \
+  --repeats $((quick ? 1 : 2)) --profile 40
 # The CPU run has neither numba nor OpenCV on the device: its three-round unmixing contact pass
 # takes minutes there, so the quick check runs the sample workflow on the GPU only (the gpu tests
 # above compare the pass with the CPU's).
-if [ "${1:-full}" = quick ]; then
-  step 240 workflow_bench python3 -m benchmarks.gpu.workflow_bench --out /tmp/gpu_workflow --devices gpu
+if [ $quick = 1 ]; then
+  step 150 workflow_bench python3 -m benchmarks.gpu.workflow_bench --out /tmp/gpu_workflow --devices gpu
   exit 0
 fi
 step 300 workflow_bench python3 -m benchmarks.gpu.workflow_bench --out /tmp/gpu_workflow
