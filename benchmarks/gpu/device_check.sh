@@ -30,14 +30,14 @@ step() {  # step SECONDS LOGNAME COMMAND...: run with a timeout, keep the log, r
 
 # Only the files holding gpu tests: the others import exporters (cloud-volume, pynwb...) not carried.
 files=$(grep -l "mark.gpu" tests/test_*.py)
-# `device_check.sh unmix` (about 5 minutes): the contact pass's fused CUDA kernels. The gpu tests, the
-# whole tiny run last (its CPU side has no numba here: minutes), then a 33.5 Mvox block on the GPU with
-# the pass fused (the default) and as array operations, side by side in one process.
+# `device_check.sh unmix` (about 4 minutes): the contact pass's fused CUDA kernels. The gpu tests but
+# the whole tiny run (its CPU side has no numba here: minutes), then a 16.8 Mvox block on the GPU with
+# the pass fused (the default) and as array operations, side by side in one process, and the parts of
+# one contact round timed one by one.
 if [ "${1:-full}" = unmix ]; then
   step 120 gpu_tests python3 -m pytest -q -m gpu -p no:cacheprovider -rs -k "not whole_run" $files
-  step 100 block_bench_unmix python3 -m benchmarks.gpu.block_bench --shape 64,256,256 --tile 2,2,2 --gpu-only \
+  step 110 block_bench_unmix python3 -m benchmarks.gpu.block_bench --shape 64,256,256 --tile 2,2,1 --gpu-only \
     --repeats 1 --unmix-engines auto,xp --breakdown
-  step 60 gpu_whole_run python3 -m pytest -q -m gpu -p no:cacheprovider -rs -k whole_run tests/test_gpu_parity.py
   exit 0
 fi
 # The quick check (one call of a 15-minute lease, machine start included) keeps every step shorter.
