@@ -43,6 +43,7 @@ import numpy as np
 import zarr
 
 from pipeline import BlockGrid, ConfigError, Executor, Volume, VolumeError, resolve_device, run_blockwise
+from pipeline.isolate import call_isolated
 from pipeline.storage import array_digest, atomic_path, write_json
 from pipeline.volume import create_label_image, open_label_image
 
@@ -147,6 +148,21 @@ def _write_neuron_barcodes(path: Path, fragments: FragmentTable, neuron_of: np.n
     means = sums[1:] / np.maximum(voxels[1:, None], 1.0)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, ids=np.arange(1, n + 1, dtype=np.uint64), means=means.astype(np.float32))
+
+
+def _agglomerate_fragments(fragments: FragmentTable, edges: EdgeTable, config: SegmentConfig, voxel_size, *,
+                           link: bool, fill_threshold: float) -> tuple[np.ndarray, dict]:
+    """Proximity links (when ``link``) and the global agglomeration: ``neuron_of`` and its summary."""
+    links = None
+    if link:
+        links = proximity_links(fragments, voxel_size, config.link_radius, min_size=config.link_min_size)
+    return agglomerate(
+        fragments, edges, merge_threshold=config.merge_threshold,
+        barcode_merge_weight=config.barcode_merge_weight, contact_barcode_weight=config.contact_barcode_weight,
+        barcode_conflict=config.barcode_conflict,
+        use_barcodes=config.use_barcodes, min_fragment_size=config.min_fragment_size,
+        min_neuron_size=config.min_neuron_size, links=links, min_mean_fill=config.min_mean_fill_ratio * fill_threshold,
+    )
 
 
 def segment_volume(volume: Volume, run_dir, config: SegmentConfig | None = None, *, grid: BlockGrid,
@@ -276,26 +292,20 @@ def segment_volume(volume: Volume, run_dir, config: SegmentConfig | None = None,
 
     # Global agglomeration -> lookup table.
     t = time.perf_counter()
-    links = None
-    if plan.uses_codebook and config.use_barcodes:
-        links = proximity_links(fragments, volume.voxel_size, config.link_radius, min_size=config.link_min_size)
-    neuron_of, info = agglomerate(
-        fragments, edges, merge_threshold=config.merge_threshold,
-        barcode_merge_weight=config.barcode_merge_weight, contact_barcode_weight=config.contact_barcode_weight,
-        barcode_conflict=config.barcode_conflict,
-        use_barcodes=config.use_barcodes, min_fragment_size=config.min_fragment_size,
-        min_neuron_size=config.min_neuron_size, links=links,
-        min_mean_fill=config.min_mean_fill_ratio * float(stats["threshold"]),
-    )
+    (neuron_of, info), isolation = call_isolated(
+        _agglomerate_fragments, fragments, edges, config, volume.voxel_size,
+        link=plan.uses_codebook and config.use_barcodes, fill_threshold=float(stats["threshold"]),
+        name="the agglomeration", isolate=config.isolate_agglomeration)
+    info = {**info, "process": isolation.to_dict()}
     lut_path = work / "segment_lut.npz"
     with atomic_path(lut_path) as tmp, open(tmp, "wb") as f:
         np.savez(f, keys=fragments.ids, values=neuron_of)
     if plan.barcodes:
         _write_neuron_barcodes(work / NEURON_BARCODES, fragments, neuron_of)
     n_edges = int(len(edges))
-    # Edges and links grow with the volume and only the lookup table needs them: free them
-    # before the relabel pass, whose blocks (with the contact pass) need the most memory.
-    del edges, links
+    # The edges grow with the volume and only the lookup table needed them: free them before
+    # the relabel pass, whose blocks (with the contact pass) need the most memory.
+    del edges
     timings["agglomerate"] = time.perf_counter() - t
 
     # Pass 4: relabel into RUN/labels.zarr/neurons.

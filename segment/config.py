@@ -321,6 +321,11 @@ class SegmentConfig(StrictModel):
     barcode_conflict : float
         Two clusters whose mean barcode directions are further apart than this
         (Euclidean distance of unit vectors, 0..sqrt 2) are never merged.
+    isolate_agglomeration : bool
+        Run the global agglomeration (and the proximity links) in a forked
+        child process (:mod:`pipeline.isolate`; Linux), so the Python objects
+        it builds leave with the child instead of keeping a fragmented heap
+        resident through the relabel pass. The same result either way.
     """
 
     sigma: Triple = (0.5, 1.0, 1.0)
@@ -381,6 +386,7 @@ class SegmentConfig(StrictModel):
     barcode_merge_weight: float = Field(default=1.0, ge=0)
     contact_barcode_weight: float = Field(default=0.0, ge=0)
     barcode_conflict: float = Field(default=0.4, gt=0)
+    isolate_agglomeration: bool = True
 
     @field_validator("sigma", "barcode_sigma", "psf_sigma", mode="before")
     @classmethod

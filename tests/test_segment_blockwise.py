@@ -365,3 +365,17 @@ def test_relabel_pass_does_not_hold_the_per_block_tables(scene, whole, monkeypat
     assert {"votes", "summaries", "edges", "links"}.isdisjoint(held), sorted(held)
     assert "fragments" in held                            # the probe sees the real frame
     assert summary["n_edges"] > 0
+
+
+def test_agglomeration_in_a_child_process_gives_the_same_labels(scene, whole):
+    """isolate_agglomeration (the default) only moves where the agglomeration runs."""
+    from pipeline.isolate import fork_available
+
+    folder, summary, labels = whole
+    assert summary["agglomeration"]["process"]["isolated"] == fork_available()
+    in_process, same = _segment(folder, scene, (24, 64, 64), name="agglomeration_in_process",
+                                isolate_agglomeration=False)
+    np.testing.assert_array_equal(same, labels)
+    assert in_process["agglomeration"]["process"] == {"isolated": False, "start_rss_mib": None, "peak_rss_mib": None}
+    strip = lambda info: {k: v for k, v in info.items() if k != "process"}  # noqa: E731
+    assert strip(in_process["agglomeration"]) == strip(summary["agglomeration"])
