@@ -102,7 +102,19 @@ def _shape(text: str) -> tuple[int, int, int]:
 
 
 def _peak_rss_mib() -> float:
-    """Peak resident memory of this process so far (Linux ``ru_maxrss`` is in KiB)."""
+    """Peak resident memory of this process so far: :func:`pipeline.memory.peak_rss_mib`, else ``ru_maxrss``.
+
+    Every blockwise pass resets the kernel's mark (to measure its own peak), which lowers
+    ``ru_maxrss`` too; ``pipeline.memory`` keeps the marks it reset.
+    """
+    from pipeline.memory import peak_rss_mib
+
+    peak = peak_rss_mib()
+    return peak if peak is not None else _ru_maxrss_mib()
+
+
+def _ru_maxrss_mib() -> float:
+    """``getrusage``'s peak resident memory (Linux ``ru_maxrss`` is in KiB): since the last reset of the mark."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
@@ -425,18 +437,20 @@ def _rss_child(sample_dir: str, out: str, block_shape: str) -> int:
     # VmHWM (workflows.run.peak_rss_mib) restarts at exec, unlike ru_maxrss: a subprocess's
     # ru_maxrss starts at its parent's RSS at spawn time, so a small child of a big parent
     # would report the parent.
-    hwm_before, maxrss_before = peak_rss_mib(), _peak_rss_mib()
+    hwm_before, maxrss_before = peak_rss_mib(), _ru_maxrss_mib()
     t0, c0 = time.perf_counter(), time.process_time()
     run_workflow(_workflow_config(Path(sample_dir), Path(out), _shape(block_shape)), progress=False)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    hwm, maxrss = peak_rss_mib(), _peak_rss_mib()
-    steps = json.loads((Path(out) / "run.json").read_text()).get("peak_rss_mib", {})
+    hwm, maxrss = peak_rss_mib(), _ru_maxrss_mib()
+    record = json.loads((Path(out) / "run.json").read_text())
     sys.stdout.write(json.dumps({
-        "peak_by_step_mib": steps,
+        "peak_by_step_mib": record.get("peak_rss_mib", {}),
+        "peak_by_pass_mib": record.get("peak_rss_mib_by_pass", {}),
         # VmHWM where available: ru_maxrss of a child starts at the parent's RSS (see above)
         "peak_rss_mib": hwm if hwm is not None else maxrss,
         "import_rss_mib": hwm_before if hwm_before is not None else maxrss_before,
         "source": "VmHWM" if hwm is not None else "ru_maxrss",
+        # each pass resets the kernel's mark, which ru_maxrss reads too: only the last pass's peak
         "ru_maxrss_mib": maxrss, "wall_s": wall, "cpu_s": cpu}) + "\n")
     return 0
 

@@ -27,6 +27,7 @@ import traceback
 from dataclasses import dataclass
 
 from .errors import PipelineError
+from .memory import high_water_mib, track_peak
 
 __all__ = ["IsolatedStepError", "IsolationReport", "call_isolated", "fork_available"]
 
@@ -65,35 +66,27 @@ def fork_available() -> bool:
     return sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
 
 
-def _status_mib(field: str) -> float | None:
-    """A ``/proc/self/status`` memory field (``VmRSS``, ``VmHWM``) in MiB, or None where unreadable."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        return None
-    return None
-
-
 def _child(writer, fn, args, kwargs) -> None:
     """The forked child: run ``fn``, send ``(status, payload, text, start RSS, peak RSS)`` back, exit.
 
     ``status`` is "ok" (payload: the result), "raised" (payload: the exception,
-    text: its traceback) or "error" (text only: what could not be sent).
+    text: its traceback) or "error" (text only: what could not be sent). The
+    peak is the child's own: its high-water mark, inherited from the parent,
+    is reset first.
     """
-    start = _status_mib("VmRSS")
+    with track_peak() as usage:
+        try:
+            message = ("ok", fn(*args, **kwargs), "")
+        except BaseException as exc:  # noqa: BLE001 - everything the step raised goes back to the parent
+            message = ("raised", exc, traceback.format_exc())
+    start = usage["start_mib"]
+    peak = usage["peak_mib"] if usage["peak_mib"] is not None else high_water_mib()
     try:
-        message = ("ok", fn(*args, **kwargs), "")
-    except BaseException as exc:  # noqa: BLE001 - everything the step raised goes back to the parent
-        message = ("raised", exc, traceback.format_exc())
-    try:
-        writer.send((*message, start, _status_mib("VmHWM")))
+        writer.send((*message, start, peak))
     except Exception:  # noqa: BLE001 - an unpicklable result or exception: send its text instead
         what = "result" if message[0] == "ok" else "exception"
         writer.send(("error", None, f"the step's {what} could not be sent back to the main process:\n"
-                     + message[2] + traceback.format_exc(), start, _status_mib("VmHWM")))
+                     + message[2] + traceback.format_exc(), start, peak))
     writer.close()
 
 

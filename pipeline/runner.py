@@ -24,6 +24,7 @@ the tasks waiting forever.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -42,6 +43,7 @@ from .backend import gpu_count
 from .blocks import Block
 from .config import ComputeConfig
 from .errors import BlockError, PipelineError
+from .memory import track_peak
 from .storage import crash_point, read_json, read_pickle, storage_error, write_json, write_pickle
 
 __all__ = ["Executor", "run_blockwise", "block_marker", "GPU_RESOURCE"]
@@ -333,7 +335,9 @@ def run_blockwise(
     retries = executor.config.retries
     started = time.perf_counter()
     bar = tqdm(total=len(blocks), initial=done, desc=name, unit="block", disable=not progress, leave=False)
-    try:
+    # this process's peak RSS during the pass (pipeline.memory.pass_peaks): the blocks' own
+    # where they run here (synchronous scheduler), the client's otherwise
+    with track_peak(name), contextlib.closing(bar):
         if executor.synchronous or executor.client is None:
             for block in pending:
                 for attempt in range(retries + 1):
@@ -350,8 +354,6 @@ def run_blockwise(
         else:
             _run_distributed(executor.client, step, pending, markers, name, retries, bar,
                              resources=executor.task_resources)
-    finally:
-        bar.close()
     log.info("%s: %d blocks in %.1f s", name, len(pending), time.perf_counter() - started)
     out = []
     for b in blocks:

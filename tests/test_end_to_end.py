@@ -52,6 +52,10 @@ def test_run_writes_every_output(finished_run):
     record = json.loads((run / "run.json").read_text())
     assert record["status"] == "complete"
     assert set(record["timings_s"]) >= {"segment", "puncta", "synapses", "measure", "annotate", "connectome"}
+    if record["peak_rss_mib"]:                            # Linux: each pass's own peak RSS, none above the run's
+        by_pass = record["peak_rss_mib_by_pass"]
+        assert {"segment_evidence", "segment_relabel", "measure"} <= set(by_pass), sorted(by_pass)
+        assert max(by_pass.values()) <= max(record["peak_rss_mib"].values()) + 0.1
     labels = _labels(run)
     assert labels.dtype == np.uint64 and labels.max() > 0
     neurons = pd.read_parquet(run / "neurons.parquet")

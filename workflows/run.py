@@ -55,6 +55,7 @@ from ingest import ingest
 from pipeline import (BlockGrid, ConfigError, Executor, InputError, MissingChannelError, PipelineError, Volume,
                       resolve_device)
 from pipeline.lock import RunLock
+from pipeline.memory import pass_peaks, peak_rss_mib
 from pipeline.storage import crash_point, read_json, storage_error, write_json, write_parquet, write_text_atomic
 from pipeline.volume import open_label_image
 from sample_data import write_sample
@@ -65,7 +66,7 @@ from .evaluate import evaluate_run
 from .report import REPORT_FILE, write_report
 from .spec import WorkflowConfig, check_write_paths
 
-__all__ = ["FORMAT_VERSION", "run_workflow", "prepare_input", "limit_heap_retention"]
+__all__ = ["FORMAT_VERSION", "run_workflow", "prepare_input", "limit_heap_retention", "peak_rss_mib"]
 
 log = logging.getLogger(__name__)
 
@@ -135,18 +136,6 @@ def limit_heap_retention(mmap_threshold: int | None = MMAP_THRESHOLD) -> bool:
         wanted["MALLOC_MMAP_THRESHOLD_"] = (_M_MMAP_THRESHOLD, int(mmap_threshold))
     todo = [setting for variable, setting in wanted.items() if variable not in os.environ]
     return bool(todo) and all(mallopt(param, value) == 1 for param, value in todo)
-
-
-def peak_rss_mib() -> float | None:
-    """Peak resident memory of this process so far (``VmHWM``, MiB); None where unavailable."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return None
 
 
 class _Timer:
@@ -239,6 +228,7 @@ def run_workflow(config: WorkflowConfig, *, progress: bool = True) -> Path:
     check_write_paths(config)
     # Peak memory of a run is one block's working set, not the heap left over from earlier blocks.
     limit_heap_retention()
+    pass_peaks(clear=True)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
@@ -376,6 +366,9 @@ def _run_locked(config: WorkflowConfig, run_dir: Path, progress: bool) -> Path:
         "timings_s": timer.seconds,
         "total_s": round(sum(timer.seconds.values()), 3),
         "peak_rss_mib": timer.peak_rss_mib,
+        # each blockwise pass's own peak (this process's; the blocks' where they ran here)
+        "peak_rss_mib_by_pass": {name: round(r["peak_mib"], 1) for name, r in pass_peaks().items()
+                                 if r["peak_mib"] is not None},
         "segment": seg_summary,
         "counts": {
             "neurons": int(len(connectome.neuron_table)),
