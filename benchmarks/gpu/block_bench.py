@@ -15,6 +15,12 @@ stay on the device for the whole chain (it is copied there once, not timed)
 and every timing ends with a device synchronisation. The table gives seconds,
 Gvox/s of the block and the GPU/CPU speed-up. No number is printed for a
 device that is not there.
+
+``--unmix-engines auto,xp`` times the contact pass with its fused kernels and
+as array operations side by side; ``--breakdown`` times the parts of one
+contact round on the GPU (candidate slots, one iteration's slot passes and
+Gaussians, the smoothing), each synchronised: cProfile cannot split a GPU's
+time.
 """
 
 from __future__ import annotations
