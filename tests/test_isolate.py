@@ -6,16 +6,9 @@ import numpy as np
 import pytest
 
 from pipeline.isolate import IsolatedStepError, call_isolated, fork_available
+from pipeline.memory import current_rss_mib
 
 needs_fork = pytest.mark.skipif(not fork_available(), reason="no fork start method on this platform")
-
-
-def _status_mib(field):
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024.0
-    raise LookupError(field)
 
 
 def _cumsum_and_note(values, seen):
@@ -72,9 +65,9 @@ def _many_objects(n):
 
 @needs_fork
 def test_the_childs_objects_never_enter_the_parents_memory():
-    before = _status_mib("VmRSS")
+    before = current_rss_mib()
     count, report = call_isolated(_many_objects, 1_000_000, name="objects")
-    after = _status_mib("VmRSS")
+    after = current_rss_mib()
     assert count == 1_000_000
     assert report.peak_rss_mib - report.start_rss_mib > 150     # the objects were built, in the child
     assert after - before < 30, (before, after)

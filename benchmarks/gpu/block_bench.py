@@ -160,6 +160,19 @@ def run_chain(xp, fill, barcodes, codebook, repeats: int, sync, skip=(), unmix_e
     return out
 
 
+def _median_seconds(fn, repeats: int, sync) -> float:
+    """Median seconds of ``fn()`` then ``sync()`` over ``repeats`` runs, after one warm-up run."""
+    fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
 def unmix_breakdown(xp, fill, barcodes, codebook, repeats: int, sync) -> dict:
     """Seconds (median of ``repeats`` after a warm-up, ``sync``-ed) of the parts of one contact round on ``xp``'s device.
 
@@ -186,17 +199,7 @@ def unmix_breakdown(xp, fill, barcodes, codebook, repeats: int, sync) -> dict:
     sigma = tuple(float(v) for v in config.psf_sigma)
     smoothing = tuple(float(v) for v in config.contact_unmix_smoothing)
 
-    def timed(fn):
-        fn()
-        sync()
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            fn()
-            sync()
-            times.append(time.perf_counter() - t)
-        return statistics.median(times)
-
+    timed = functools.partial(_median_seconds, repeats=repeats, sync=sync)
     out = {}
     for engine in ("auto", "xp"):
         slots, _ = candidate_slots(labels, config.contact_unmix_radius, 6, engine=engine)
@@ -237,19 +240,9 @@ def gaussian_baseline(cp, stack, repeats: int) -> dict:
     from segment import SegmentConfig
 
     sigma = (0.0, *SegmentConfig().psf_sigma)
-    out = {}
-    for name, fn in (("cupyx gaussian_filter", lambda: cndi.gaussian_filter(stack, sigma, mode="reflect")),
-                     ("pipeline.filters.gaussian", lambda: gaussian(stack, sigma, mode="reflect"))):
-        fn()
-        cp.cuda.Stream.null.synchronize()
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            fn()
-            cp.cuda.Stream.null.synchronize()
-            times.append(time.perf_counter() - t)
-        out[name] = statistics.median(times)
-    return out
+    return {name: _median_seconds(fn, repeats, cp.cuda.Stream.null.synchronize)
+            for name, fn in (("cupyx gaussian_filter", lambda: cndi.gaussian_filter(stack, sigma, mode="reflect")),
+                             ("pipeline.filters.gaussian", lambda: gaussian(stack, sigma, mode="reflect")))}
 
 
 def main(argv=None) -> int:
