@@ -34,9 +34,11 @@ The abundances are stored sparsely: each voxel holds at most
 One iteration costs two Gaussian blurs per channel (as one Richardson-Lucy
 iteration of the channels does) plus two passes over the slots. The passes
 are array operations written once with ``xp`` (engine "xp"); by default
-(engine "auto") fused kernels do the same arithmetic (tested equal) several
-times faster: numba on the host when it is installed, CUDA kernels
-(:mod:`segment.unmix_gpu`) for CuPy arrays.
+(engine "auto") fused kernels do the same arithmetic (tested equal, bit for
+bit) several times faster: CUDA kernels (:mod:`segment.unmix_gpu`) for the
+two slot passes on CuPy arrays; on the host, when numba is installed, the
+whole iteration besides the blurs in two passes (the ratio, then the update
+with the next iteration's extrapolation and mixture).
 """
 
 from __future__ import annotations
@@ -133,9 +135,50 @@ def _host_kernels(numba):
                     acc = np.float32(0.0)
                     for ch in range(n_ch):
                         acc += table[label, ch] * ratio[ch, v]
-                    out[k, v] = start[k, v] * acc * scale
+                    out[k, v] = acc * scale * start[k, v]
 
-    return (mix, update)
+    @numba.njit(cache=True, nogil=True)
+    def ratio(observed, model, beta, floor):
+        # model := (observed + beta) / max(model + beta, floor), the array path's four passes in one
+        n_ch, n_vox = model.shape
+        for ch in range(n_ch):
+            for v in range(n_vox):
+                m = model[ch, v] + beta
+                if m < floor:
+                    m = floor
+                model[ch, v] = (observed[ch, v] + beta) / m
+
+    @numba.njit(cache=True, nogil=True)
+    def step(slots, start, u, table, ratio_mixed, factor):
+        # One iteration's update followed by the next iteration's extrapolation and mixture, per
+        # voxel: start := the new estimate, u := the next start (from the new estimate and u, the
+        # one before), ratio_mixed := the next start's mixture. Every read of a voxel's ratios
+        # comes before the first write of its mixture, so one buffer holds both.
+        n_slots, n_vox = slots.shape
+        n_ch = table.shape[1]
+        scale = np.float32(1.0 / n_ch)
+        for v in range(n_vox):
+            for k in range(n_slots):
+                label = slots[k, v]
+                new = np.float32(0.0)
+                if label != 0:
+                    acc = np.float32(0.0)
+                    for ch in range(n_ch):
+                        acc += table[label, ch] * ratio_mixed[ch, v]
+                    new = acc * scale * start[k, v]
+                following = (new - u[k, v]) * factor + new
+                start[k, v] = new
+                u[k, v] = following if following > 0.0 else np.float32(0.0)
+            for ch in range(n_ch):
+                ratio_mixed[ch, v] = 0.0
+            for k in range(n_slots):
+                label = slots[k, v]
+                if label != 0:
+                    a = u[k, v]
+                    for ch in range(n_ch):
+                        ratio_mixed[ch, v] += table[label, ch] * a
+
+    return (mix, update, ratio, step)
 
 
 
@@ -421,6 +464,26 @@ def unmix_abundances(observed, slots, barcodes, *, psf_sigma: Sequence[float], i
         slots, occupied = slots[used], occupied[used]
     slots = xp.ascontiguousarray(slots)
     u = xp.ascontiguousarray(occupied, dtype=xp.float32)
+    host_kernels = _host_kernels_for(_host_kernels, engine, xp, "unmixing")
+    if host_kernels is not None:
+        u = _fit_on_host(obs, slots, u, table, sigma, int(iterations), beta_, floor_, host_kernels)
+    else:
+        u = _fit_with_slot_passes(obs, slots, u, table, sigma, int(iterations), beta_, floor_, engine)
+    if len(used) == n_slots:
+        return u
+    out = xp.zeros((n_slots,) + observed.shape[1:], dtype=xp.float32)
+    out[used] = u
+    return out
+
+
+def _fit_with_slot_passes(obs, slots, u, table, sigma, iterations: int, beta_, floor_, engine: str):
+    """The Richardson-Lucy loop of :func:`unmix_abundances` as array operations around the two slot passes.
+
+    The reference loop: the "xp" engine, and CuPy arrays (whose slot passes
+    are the fused CUDA kernels under "auto").
+    """
+    xp = array_module(obs)
+    c = obs.shape[0]
     mix, update = _slot_passes(slots, table, c, engine)
     # Two abundance buffers: the estimate ``u`` and ``previous``, whose buffer takes the next
     # iteration's start (Nesterov's extrapolation) and then, updated in place, its result.
@@ -449,12 +512,47 @@ def unmix_abundances(observed, slots, barcodes, *, psf_sigma: Sequence[float], i
             gaussian(model[ch], sigma, truncate=PSF_TRUNCATE, mode="reflect", output=ratio[ch])
         update(start, ratio, start)
         previous, u = u, start
-    del previous, mixed, model, ratio, obs
-    if len(used) == n_slots:
-        return u
-    out = xp.zeros((n_slots,) + observed.shape[1:], dtype=xp.float32)
-    out[used] = u
-    return out
+    return u
+
+
+def _fit_on_host(obs, slots, u, table, sigma, iterations: int, beta_, floor_, kernels):
+    """The loop of :func:`_fit_with_slot_passes` with its arithmetic fused into the numba kernels.
+
+    Same operations in the same order on float32, so the same bits. Per
+    iteration the array loop makes nine passes over the voxels besides the
+    blurs (extrapolation 4, model and ratio 4, update 1) and the mixture's
+    one; here the ratio is one pass and ``step`` does the update, the next
+    extrapolation and the next mixture in one, reading each voxel's slots
+    once.
+    """
+    mix, update, ratio, step = kernels
+    c, n_slots = obs.shape[0], slots.shape[0]
+
+    def flat(a):                         # (k, z, y, x) C-contiguous -> (k, voxels), a view
+        return a.reshape(a.shape[0], -1)
+
+    flat_slots, flat_obs = flat(slots), flat(np.ascontiguousarray(obs))
+    host_table = np.ascontiguousarray(table, dtype=np.float32)
+    # ``start`` holds each iteration's start, then (updated in place) its result; ``u`` the
+    # estimate before it, then the next iteration's start. ``mixed`` holds the mixture, then the
+    # blurred ratio; ``model`` the blurred mixture, then the ratio.
+    start = u.copy()
+    mixed, model = np.empty(obs.shape, np.float32), np.empty(obs.shape, np.float32)
+    if iterations > 0:
+        mix(flat_slots, flat(start), host_table, flat(mixed))
+    for i in range(iterations):
+        for ch in range(c):
+            gaussian(mixed[ch], sigma, truncate=PSF_TRUNCATE, mode="reflect", output=model[ch])
+        ratio(flat_obs, flat(model), beta_, floor_)
+        for ch in range(c):
+            gaussian(model[ch], sigma, truncate=PSF_TRUNCATE, mode="reflect", output=mixed[ch])
+        if i + 1 == iterations:
+            update(flat_slots, flat(start), host_table, flat(mixed), flat(start))
+            return start
+        # iteration i + 1's Nesterov factor, (j - 1) / (j + 2) with j = i + 1
+        step(flat_slots, flat(start), flat(u), host_table, flat(mixed), np.float32(i / (i + 3)))
+        start, u = u, start
+    return u
 
 
 def _slot_passes(slots, table, c: int, engine: str):
@@ -473,7 +571,7 @@ def _slot_passes(slots, table, c: int, engine: str):
     if _device_kernels_for(engine, xp):
         return device_slot_passes(slots, table, c)
     if kernels is not None:
-        mix_kernel, update_kernel = kernels
+        mix_kernel, update_kernel = kernels[:2]
         flat_slots = np.ascontiguousarray(slots).reshape(slots.shape[0], -1)
         host_table = np.ascontiguousarray(table, dtype=np.float32)
 
