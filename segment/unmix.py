@@ -63,6 +63,10 @@ __all__ = ["UnmixSettings", "candidate_slots", "core_barcodes", "smooth_abundanc
 log = logging.getLogger(__name__)
 
 
+#: Voxels per tile of the host ``step`` kernel: its (voxel, channel) buffers stay in L1 cache.
+STEP_TILE = 256
+
+
 def _numba_kernels(build):
     """Decorator: ``build(numba)`` runs once per process and its kernels are kept; None without numba.
 
@@ -150,33 +154,44 @@ def _host_kernels(numba):
 
     @numba.njit(cache=True, nogil=True)
     def step(slots, start, u, table, ratio_mixed, factor):
-        # One iteration's update followed by the next iteration's extrapolation and mixture, per
-        # voxel: start := the new estimate, u := the next start (from the new estimate and u, the
-        # one before), ratio_mixed := the next start's mixture. Every read of a voxel's ratios
-        # comes before the first write of its mixture, so one buffer holds both.
+        # One iteration's update followed by the next iteration's extrapolation and mixture:
+        # start := the new estimate, u := the next start (from the new estimate and u, the one
+        # before), ratio_mixed := the next start's mixture. A tile of voxels at a time, its
+        # ratios and mixture held (voxel, channel) in two small buffers: walking all the slot
+        # and channel planes at once, ~26 streams whose strides are multiples of 64 KiB for
+        # blocks like 64 x 144 x 144, evicted each other's cache lines (14x slower in a run).
         n_slots, n_vox = slots.shape
         n_ch = table.shape[1]
         scale = np.float32(1.0 / n_ch)
-        for v in range(n_vox):
-            for k in range(n_slots):
-                label = slots[k, v]
-                new = np.float32(0.0)
-                if label != 0:
-                    acc = np.float32(0.0)
-                    for ch in range(n_ch):
-                        acc += table[label, ch] * ratio_mixed[ch, v]
-                    new = acc * scale * start[k, v]
-                following = (new - u[k, v]) * factor + new
-                start[k, v] = new
-                u[k, v] = following if following > 0.0 else np.float32(0.0)
+        ratios = np.empty((STEP_TILE, n_ch), np.float32)
+        mixture = np.empty((STEP_TILE, n_ch), np.float32)
+        for first in range(0, n_vox, STEP_TILE):
+            n = min(STEP_TILE, n_vox - first)
             for ch in range(n_ch):
-                ratio_mixed[ch, v] = 0.0
+                for j in range(n):
+                    ratios[j, ch] = ratio_mixed[ch, first + j]
+                    mixture[j, ch] = 0.0
             for k in range(n_slots):
-                label = slots[k, v]
-                if label != 0:
-                    a = u[k, v]
-                    for ch in range(n_ch):
-                        ratio_mixed[ch, v] += table[label, ch] * a
+                for j in range(n):
+                    v = first + j
+                    label = slots[k, v]
+                    new = np.float32(0.0)
+                    if label != 0:
+                        acc = np.float32(0.0)
+                        for ch in range(n_ch):
+                            acc += table[label, ch] * ratios[j, ch]
+                        new = acc * scale * start[k, v]
+                    following = (new - u[k, v]) * factor + new
+                    if not following > 0.0:
+                        following = np.float32(0.0)
+                    start[k, v] = new
+                    u[k, v] = following
+                    if label != 0:
+                        for ch in range(n_ch):
+                            mixture[j, ch] += table[label, ch] * following
+            for ch in range(n_ch):
+                for j in range(n):
+                    ratio_mixed[ch, first + j] = mixture[j, ch]
 
     return (mix, update, ratio, step)
 
