@@ -295,6 +295,32 @@ def test_fused_host_fit_equals_the_array_loop_bit_for_bit(c):
         assert (fused[slots == 0] == 0).all()
 
 
+@pytest.mark.parametrize("shape", [(3, 5, 7), (4, 33, 40)])
+def test_host_slot_passes_equal_the_array_passes_bit_for_bit(shape):
+    """``_slot_passes``' numba mix and update (tiled; the benchmarks' breakdown times them) against
+    the array operations, on volumes smaller than one tile and spanning several, update in place."""
+    pytest.importorskip("numba")
+    from segment.unmix import STEP_TILE, _slot_passes
+
+    rng = np.random.default_rng(len(shape) + shape[1])
+    c = 3
+    labels = rng.integers(0, 6, size=shape).astype(np.uint16)
+    slots, _ = candidate_slots(labels, 1, max_candidates=5)
+    assert (np.prod(shape) < STEP_TILE) == (shape[1] == 5)
+    table = np.concatenate([np.zeros((1, c)), rng.random((5, c))]).astype(np.float32)
+    start = ((slots > 0) * rng.random(slots.shape)).astype(np.float32)
+    ratio = rng.random((c,) + shape).astype(np.float32)
+    results = {}
+    for engine in ("auto", "xp"):
+        mix, update = _slot_passes(np.ascontiguousarray(slots), table, c, engine)
+        mixed, step = np.empty_like(ratio), start.copy()
+        mix(start, mixed)
+        update(step, ratio, step)
+        results[engine] = (mixed, step)
+    for fused, plain in zip(results["auto"], results["xp"]):
+        np.testing.assert_array_equal(fused, plain)
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_numba_and_array_engines_agree(seed):
     pytest.importorskip("numba")
