@@ -67,6 +67,12 @@ TRUNCATE = 4.0
 #: per row, so a kernel's rows stay in L2 cache.
 _COLUMN_TILE = 4096
 
+#: Planes of at most this many bytes are filtered slab by slab (:func:`_slab_pass`).
+_SLAB_MAX_PLANE_BYTES = 256 * 1024
+
+#: Output planes per slab of :func:`_slab_pass`.
+_SLAB_ROWS = 32
+
 _cv2 = None            # the cv2 module once imported; False when it is not importable
 _threads: int | None = None
 
@@ -210,6 +216,41 @@ def _plane_pass(cv2, src3, dst3, kx, ky, border, ddepth, op: str) -> None:
             _call(cv2, op, src3[i], dst3[i], kx, ky, border, ddepth)
 
 
+def _slab_pass(cv2, src4, dst4, kz, kx, ky, border_z, border_plane, ddepth) -> None:
+    """Filter axis 1 (z) and then the last two axes of (p, z, y, x) C-contiguous arrays, slab by slab.
+
+    Each slab of at most ``_SLAB_ROWS`` output planes is filtered along z,
+    with ``r`` planes of real data on either side, into a small scratch
+    buffer; its planes then go through the (y, x) filter straight into
+    ``dst4``. The two-pass path writes the whole z-filtered volume and then
+    filters its planes in place through a scratch plane and a copy: for
+    small planes that copy and the volume's round trip through memory cost
+    more (×1.2-1.4 at 64×144×144 to 64×256×256; not at 512×512).
+
+    The result is the two-pass one bit for bit: an output plane the slab
+    keeps sees the same input planes, and the slab's cut edges (handled as
+    borders by OpenCV) only reach the ``r`` planes it discards; at the
+    array's own edges the slab starts or ends there, and the border is the
+    array's as before.
+    """
+    p, nz = src4.shape[:2]
+    r = len(kz) // 2
+    plane = src4.shape[2] * src4.shape[3]
+    rows = min(_SLAB_ROWS, nz)
+    scratch = np.empty((rows + 2 * r, plane), dst4.dtype)
+    one = np.ones(1, kz.dtype)
+    for i in range(p):
+        flat = src4[i].reshape(nz, plane)
+        for z0 in range(0, nz, rows):
+            z1 = min(z0 + rows, nz)
+            a, b = max(z0 - r, 0), min(z1 + r, nz)
+            slab = scratch[:b - a]
+            _call(cv2, "filter", flat[a:b], slab, one, kz, border_z, ddepth)
+            planes = slab.reshape(b - a, *src4.shape[2:])
+            for z in range(z0, z1):
+                _call(cv2, "filter", planes[z - a], dst4[i, z], kx, ky, border_plane, ddepth)
+
+
 def gaussian(image, sigma, *, order=0, mode: str = "reflect", cval: float = 0.0, truncate: float = TRUNCATE,
              radius=None, output=None):
     """Gaussian filter of an N-D array, equal to ``scipy.ndimage.gaussian_filter`` up to float32 rounding.
@@ -279,6 +320,21 @@ def gaussian(image, sigma, *, order=0, mode: str = "reflect", cval: float = 0.0,
     direct = output is not None and output.dtype == work_dtype and output.flags.c_contiguous
     out = output.reshape(shape) if direct else np.empty(shape, work_dtype)
     cur = src                            # where the data is now: the input, then ``out``
+    ya, xa = ndim - 2, ndim - 1
+    if (ndim >= 3 and [a for a in active if a < ya] == [ndim - 3] and (ya in kernels or xa in kernels)
+            and (ya not in kernels or xa not in kernels or borders[ya] == borders[xa])
+            and shape[-2] * shape[-1] * np.dtype(work_dtype).itemsize <= _SLAB_MAX_PLANE_BYTES
+            and not np.may_share_memory(src, out)):     # in place, a slab would read planes already written
+        one = np.ones(1, work_dtype)
+        za = ndim - 3
+        four = (math.prod(shape[:-3]),) + shape[-3:]
+        _slab_pass(cv2, src.reshape(four), out.reshape(four), kernels[za], kernels.get(xa, one),
+                   kernels.get(ya, one), borders[za], borders[xa] if xa in kernels else borders[ya], ddepth)
+        if output is not None:
+            if not direct:
+                output[...] = out.reshape(image.shape)
+            return output
+        return out.reshape(image.shape)
     # every axis before the last two: column passes on (prefix, n, rest) views
     for a in active:
         if a >= ndim - 2:
@@ -287,7 +343,6 @@ def gaussian(image, sigma, *, order=0, mode: str = "reflect", cval: float = 0.0,
         _column_pass(cv2, cur.reshape(p, n, r), out.reshape(p, n, r), kernels[a], borders[a], ddepth, "filter")
         cur = out
     # the last two axes: one 2-D separable call per plane
-    ya, xa = ndim - 2, ndim - 1
     if ya in kernels or xa in kernels:
         one = np.ones(1, work_dtype)
         p = math.prod(shape[:-2])
