@@ -54,6 +54,7 @@ import functools
 import logging
 import math
 import numbers
+import threading
 
 import numpy as np
 import scipy.ndimage
@@ -76,6 +77,14 @@ _SLAB_MAX_PLANE_BYTES = 256 * 1024
 
 #: Output planes per slab of :func:`_slab_pass`.
 _SLAB_ROWS = 32
+
+#: Bytes of the scratch each thread keeps for :func:`_slab_pass` (a slab and the kernel's reach
+#: on both sides must fit, else the two-pass path runs). Kept, not allocated per call: the run
+#: process fixes glibc's mmap threshold at 1 MiB, so a fresh few-MiB scratch per Gaussian would
+#: be a fresh mapping, faulted page by page (700k faults and 20 % slower per contact-pass fit).
+_SLAB_SCRATCH_BYTES = 8 * 1024 * 1024
+
+_scratch = threading.local()
 
 _cv2 = None            # the cv2 module once imported; False when it is not importable
 _threads: int | None = None
@@ -220,6 +229,25 @@ def _plane_pass(cv2, src3, dst3, kx, ky, border, ddepth, op: str) -> None:
             _call(cv2, op, src3[i], dst3[i], kx, ky, border, ddepth)
 
 
+def _slab_rows(nz: int, r: int, plane_bytes: int) -> int:
+    """Output planes per slab for a z kernel of reach ``r``; 0 when the scratch cannot hold a useful slab."""
+    if plane_bytes > _SLAB_MAX_PLANE_BYTES:
+        return 0
+    room = _SLAB_SCRATCH_BYTES // plane_bytes - 2 * r
+    if room < min(nz, 4):
+        return 0
+    return max(1, min(_SLAB_ROWS, nz, room))
+
+
+def _slab_scratch(size: int, dtype) -> np.ndarray:
+    """``size`` elements of ``dtype`` from this thread's kept scratch (grown when too small)."""
+    nbytes = size * np.dtype(dtype).itemsize
+    buffer = getattr(_scratch, "buffer", None)
+    if buffer is None or buffer.nbytes < nbytes:
+        buffer = _scratch.buffer = np.empty(nbytes, np.uint8)
+    return buffer[:nbytes].view(dtype)
+
+
 def _slab_pass(cv2, src4, dst4, kz, kx, ky, border_z, border_plane, ddepth) -> None:
     """Filter axis 1 (z) and then the last two axes of (p, z, y, x) C-contiguous arrays, slab by slab.
 
@@ -240,8 +268,8 @@ def _slab_pass(cv2, src4, dst4, kz, kx, ky, border_z, border_plane, ddepth) -> N
     p, nz = src4.shape[:2]
     r = len(kz) // 2
     plane = src4.shape[2] * src4.shape[3]
-    rows = min(_SLAB_ROWS, nz)
-    scratch = np.empty((rows + 2 * r, plane), dst4.dtype)
+    rows = _slab_rows(nz, r, plane * dst4.itemsize)
+    scratch = _slab_scratch(min(rows + 2 * r, nz) * plane, dst4.dtype).reshape(-1, plane)
     one = np.ones(1, kz.dtype)
     for i in range(p):
         flat = src4[i].reshape(nz, plane)
@@ -325,9 +353,10 @@ def gaussian(image, sigma, *, order=0, mode: str = "reflect", cval: float = 0.0,
     out = output.reshape(shape) if direct else np.empty(shape, work_dtype)
     cur = src                            # where the data is now: the input, then ``out``
     ya, xa = ndim - 2, ndim - 1
+    # small planes filtered along z: slab by slab (``_slab_pass``), else the two passes below
     if (ndim >= 3 and [a for a in active if a < ya] == [ndim - 3] and (ya in kernels or xa in kernels)
             and (ya not in kernels or xa not in kernels or borders[ya] == borders[xa])
-            and shape[-2] * shape[-1] * np.dtype(work_dtype).itemsize <= _SLAB_MAX_PLANE_BYTES
+            and _slab_rows(shape[-3], len(kernels[ndim - 3]) // 2, math.prod(shape[-2:]) * out.itemsize)
             and not np.may_share_memory(src, out)):     # in place, a slab would read planes already written
         one = np.ones(1, work_dtype)
         za = ndim - 3

@@ -80,6 +80,36 @@ def test_slab_pass_equals_the_two_pass_path_bit_for_bit(monkeypatch, rows, mode)
         _close(whole, ndi.gaussian_filter(a, sigma, order=order, mode=mode), rtol=1e-4 if order else RTOL)
 
 
+def test_slab_scratch_is_kept_per_thread_and_bounded(monkeypatch):
+    """The run process fixes glibc's mmap threshold, so a scratch allocated per call would be a fresh
+    mapping each time: the slab pass reuses one per thread, and leaves planes it cannot hold to the
+    two-pass path."""
+    import threading
+
+    a = _data((70, 40, 40), seed=7)
+    want = gaussian(a, (1.5, 1.5, 1.5))
+    first = filters._scratch.buffer
+    assert first.nbytes <= filters._SLAB_SCRATCH_BYTES
+    for _ in range(3):
+        np.testing.assert_array_equal(gaussian(a, (1.5, 1.5, 1.5)), want)
+    assert filters._scratch.buffer is first
+    other = []
+    thread = threading.Thread(target=lambda: other.append((gaussian(a, (1.5, 1.5, 1.5)), filters._scratch.buffer)))
+    thread.start()
+    thread.join()
+    np.testing.assert_array_equal(other[0][0], want)
+    assert other[0][1] is not first
+    # a scratch too small for a useful slab: the two-pass path, the same numbers
+    monkeypatch.setattr(filters, "_SLAB_SCRATCH_BYTES", 40 * 40 * 4 * 10)
+    assert filters._slab_rows(70, 3, 40 * 40 * 4) == 4 and filters._slab_rows(70, 4, 40 * 40 * 4) == 0
+    slabs = {sigma: gaussian(a, sigma) for sigma in [(0.7, 1.5, 1.5), (2.0, 1.5, 1.5)]}   # z reach 3, 8
+    monkeypatch.setattr(filters, "_SLAB_MAX_PLANE_BYTES", 0)
+    for sigma, got in slabs.items():
+        np.testing.assert_array_equal(got, gaussian(a, sigma))
+    monkeypatch.undo()
+    assert filters._slab_rows(70, 1, 600 * 600 * 4) == 0                       # plane over the limit
+
+
 def test_slab_pass_is_not_used_in_place(monkeypatch):
     """Filtering an array into itself: a slab would read planes an earlier slab already wrote."""
     monkeypatch.setattr(filters, "_SLAB_ROWS", 4)
