@@ -555,7 +555,7 @@ def _fit_on_host(obs, slots, u, table, sigma, iterations: int, beta_, floor_, ke
     once.
     """
     mix, update, ratio, step = kernels
-    c, n_slots = obs.shape[0], slots.shape[0]
+    c = obs.shape[0]
 
     def flat(a):                         # (k, z, y, x) C-contiguous -> (k, voxels), a view
         return a.reshape(a.shape[0], -1)
