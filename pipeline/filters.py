@@ -248,10 +248,10 @@ def _slab_scratch(size: int, dtype) -> np.ndarray:
     return buffer[:nbytes].view(dtype)
 
 
-def _slab_pass(cv2, src4, dst4, kz, kx, ky, border_z, border_plane, ddepth) -> None:
+def _slab_pass(cv2, src4, dst4, rows: int, kz, kx, ky, border_z, border_plane, ddepth) -> None:
     """Filter axis 1 (z) and then the last two axes of (p, z, y, x) C-contiguous arrays, slab by slab.
 
-    Each slab of at most ``_SLAB_ROWS`` output planes is filtered along z,
+    Each slab of ``rows`` output planes (:func:`_slab_rows`) is filtered along z,
     with ``r`` planes of real data on either side, into a small scratch
     buffer; its planes then go through the (y, x) filter straight into
     ``dst4``. The two-pass path writes the whole z-filtered volume and then
@@ -268,7 +268,6 @@ def _slab_pass(cv2, src4, dst4, kz, kx, ky, border_z, border_plane, ddepth) -> N
     p, nz = src4.shape[:2]
     r = len(kz) // 2
     plane = src4.shape[2] * src4.shape[3]
-    rows = _slab_rows(nz, r, plane * dst4.itemsize)
     scratch = _slab_scratch(min(rows + 2 * r, nz) * plane, dst4.dtype).reshape(-1, plane)
     one = np.ones(1, kz.dtype)
     for i in range(p):
@@ -354,20 +353,18 @@ def gaussian(image, sigma, *, order=0, mode: str = "reflect", cval: float = 0.0,
     cur = src                            # where the data is now: the input, then ``out``
     ya, xa = ndim - 2, ndim - 1
     # small planes filtered along z: slab by slab (``_slab_pass``), else the two passes below
-    if (ndim >= 3 and [a for a in active if a < ya] == [ndim - 3] and (ya in kernels or xa in kernels)
+    za = ndim - 3
+    rows = 0
+    if (ndim >= 3 and [a for a in active if a < ya] == [za] and (ya in kernels or xa in kernels)
             and (ya not in kernels or xa not in kernels or borders[ya] == borders[xa])
-            and _slab_rows(shape[-3], len(kernels[ndim - 3]) // 2, math.prod(shape[-2:]) * out.itemsize)
             and not np.may_share_memory(src, out)):     # in place, a slab would read planes already written
+        rows = _slab_rows(shape[za], len(kernels[za]) // 2, math.prod(shape[-2:]) * out.itemsize)
+    if rows:
         one = np.ones(1, work_dtype)
-        za = ndim - 3
-        four = (math.prod(shape[:-3]),) + shape[-3:]
-        _slab_pass(cv2, src.reshape(four), out.reshape(four), kernels[za], kernels.get(xa, one),
+        four = (math.prod(shape[:za]),) + shape[za:]
+        _slab_pass(cv2, src.reshape(four), out.reshape(four), rows, kernels[za], kernels.get(xa, one),
                    kernels.get(ya, one), borders[za], borders[xa] if xa in kernels else borders[ya], ddepth)
-        if output is not None:
-            if not direct:
-                output[...] = out.reshape(image.shape)
-            return output
-        return out.reshape(image.shape)
+        cur, active = out, []            # every axis is filtered
     # every axis before the last two: column passes on (prefix, n, rest) views
     for a in active:
         if a >= ndim - 2:
@@ -376,7 +373,7 @@ def gaussian(image, sigma, *, order=0, mode: str = "reflect", cval: float = 0.0,
         _column_pass(cv2, cur.reshape(p, n, r), out.reshape(p, n, r), kernels[a], borders[a], ddepth, "filter")
         cur = out
     # the last two axes: one 2-D separable call per plane
-    if ya in kernels or xa in kernels:
+    if ya in active or xa in active:
         one = np.ones(1, work_dtype)
         p = math.prod(shape[:-2])
         ky, kx = kernels.get(ya, one), kernels.get(xa, one)
