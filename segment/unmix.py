@@ -505,6 +505,12 @@ def unmix_abundances(observed, slots, barcodes, *, psf_sigma: Sequence[float], i
     return out
 
 
+def _blur_channels(images, sigma, out) -> None:
+    """The PSF blur of each channel of ``images`` (c, z, y, x) into ``out`` (one Gaussian per channel)."""
+    for ch in range(images.shape[0]):
+        gaussian(images[ch], sigma, truncate=PSF_TRUNCATE, mode="reflect", output=out[ch])
+
+
 def _fit_with_slot_passes(obs, slots, u, table, sigma, iterations: int, beta_, floor_, engine: str):
     """The Richardson-Lucy loop of :func:`unmix_abundances` as array operations around the two slot passes.
 
@@ -530,15 +536,13 @@ def _fit_with_slot_passes(obs, slots, u, table, sigma, iterations: int, beta_, f
             start += u
             xp.maximum(start, 0.0, out=start)
         mix(start, mixed)
-        for ch in range(c):
-            gaussian(mixed[ch], sigma, truncate=PSF_TRUNCATE, mode="reflect", output=model[ch])
+        _blur_channels(mixed, sigma, model)
         model += beta_
         xp.maximum(model, floor_, out=model)
         # (observation + beta) / model, built in the spent mixture's buffer: no copy of the observation
         xp.add(obs, beta_, out=mixed)
         xp.divide(mixed, model, out=model)
-        for ch in range(c):
-            gaussian(model[ch], sigma, truncate=PSF_TRUNCATE, mode="reflect", output=ratio[ch])
+        _blur_channels(model, sigma, ratio)
         update(start, ratio, start)
         previous, u = u, start
     return u
@@ -555,7 +559,6 @@ def _fit_on_host(obs, slots, u, table, sigma, iterations: int, beta_, floor_, ke
     once.
     """
     mix, update, ratio, step = kernels
-    c = obs.shape[0]
 
     def flat(a):                         # (k, z, y, x) C-contiguous -> (k, voxels), a view
         return a.reshape(a.shape[0], -1)
@@ -570,11 +573,9 @@ def _fit_on_host(obs, slots, u, table, sigma, iterations: int, beta_, floor_, ke
     if iterations > 0:
         mix(flat_slots, flat(start), host_table, flat(mixed))
     for i in range(iterations):
-        for ch in range(c):
-            gaussian(mixed[ch], sigma, truncate=PSF_TRUNCATE, mode="reflect", output=model[ch])
+        _blur_channels(mixed, sigma, model)
         ratio(flat_obs, flat(model), beta_, floor_)
-        for ch in range(c):
-            gaussian(model[ch], sigma, truncate=PSF_TRUNCATE, mode="reflect", output=mixed[ch])
+        _blur_channels(model, sigma, mixed)
         if i + 1 == iterations:
             update(flat_slots, flat(start), host_table, flat(mixed), flat(start))
             return start
