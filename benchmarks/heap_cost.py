@@ -1,6 +1,7 @@
 """What the allocator settings of a run cost and save: the pipeline in fresh processes, alternating.
 
-    .venv/bin/python -m benchmarks.heap_cost [--shape 64,256,256] [--repeats 3] [--modes arena,lean]
+    .venv/bin/python -m benchmarks.heap_cost [--shape 64,256,256] [--repeats 3] [--modes lean,kept-top]
+                                             [--contact-method unmix]
 
 :func:`workflows.run.limit_heap_retention` sets glibc's allocator before the
 first block. Its settings are process-wide and cannot be undone, so each run
@@ -12,7 +13,10 @@ and the modes alternate so that a slow spell of a shared machine hits all:
 ``arena``
     one arena, dynamic mmap threshold: ``limit_heap_retention`` until session 11.
 ``lean``
-    one arena and a fixed 1 MiB mmap threshold: ``limit_heap_retention`` now.
+    one arena and a fixed 1 MiB mmap threshold, which also freezes glibc's
+    trim threshold at 128 KiB: ``limit_heap_retention`` in sessions 11-13.
+``kept-top``
+    ``lean`` with a 64 MiB trim threshold: ``limit_heap_retention`` now.
 
 One synthetic sample (seed 0) is generated into a temporary folder; one
 untimed warm-up run (numba's cache, the page cache) precedes the timed ones.
@@ -42,10 +46,10 @@ from .suite import _make_sample, _shape, _workflow_config
 
 log = logging.getLogger("benchmarks.heap_cost")
 
-MODES = ("glibc", "arena", "lean")
+MODES = ("glibc", "arena", "lean", "kept-top")
 
 
-def _child(mode: str, sample_dir: str, out: str, block_shape: str) -> int:
+def _child(mode: str, sample_dir: str, out: str, block_shape: str, contact_method: str) -> int:
     """Subprocess body: one pipeline run under ``mode``; prints one JSON line."""
     import workflows.run as run
 
@@ -53,9 +57,13 @@ def _child(mode: str, sample_dir: str, out: str, block_shape: str) -> int:
         run.limit_heap_retention = lambda: False
     elif mode == "arena":
         run.limit_heap_retention = functools.partial(run.limit_heap_retention, mmap_threshold=None)
+    elif mode == "lean":
+        run.limit_heap_retention = functools.partial(run.limit_heap_retention, trim_threshold=None)
+    config = _workflow_config(Path(sample_dir), Path(out), _shape(block_shape))
+    config.segment.contact_method = contact_method
     t0, c0 = time.perf_counter(), time.process_time()
     faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    run.run_workflow(_workflow_config(Path(sample_dir), Path(out), _shape(block_shape)), progress=False)
+    run.run_workflow(config, progress=False)
     record = {"mode": mode, "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
               "minor_faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0,
               "peak_rss_mib": run.peak_rss_mib()}
@@ -63,10 +71,10 @@ def _child(mode: str, sample_dir: str, out: str, block_shape: str) -> int:
     return 0
 
 
-def _run_child(mode: str, sample: Path, out: Path, block_shape) -> dict:
+def _run_child(mode: str, sample: Path, out: Path, block_shape, contact_method: str) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, "-m", "benchmarks.heap_cost", "--child", mode, str(sample), str(out),
-           ",".join(map(str, block_shape))]
+           ",".join(map(str, block_shape)), contact_method]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
     if proc.returncode != 0:
         raise RuntimeError(f"heap_cost child ({mode}) failed (rc {proc.returncode}):\n{proc.stderr[-2000:]}")
@@ -79,9 +87,12 @@ def main(argv=None) -> int:
     parser.add_argument("--shape", type=_shape, default=(64, 256, 256), help="sample z,y,x (default 64,256,256)")
     parser.add_argument("--block-shape", type=_shape, default=(64, 128, 128), help="default 64,128,128")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per mode (default 3)")
-    parser.add_argument("--modes", default="arena,lean", help=f"comma-separated subset of {','.join(MODES)}")
+    parser.add_argument("--modes", default="lean,kept-top", help=f"comma-separated subset of {','.join(MODES)}")
+    parser.add_argument("--contact-method", default="unmix", choices=("unmix", "cosine"),
+                        help="segment.contact_method of the runs (default unmix)")
     parser.add_argument("--tmpdir", default=None, help="where the temporary sample and runs go")
-    parser.add_argument("--child", nargs=4, metavar=("MODE", "SAMPLE", "OUT", "BLOCK"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=5, metavar=("MODE", "SAMPLE", "OUT", "BLOCK", "METHOD"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         return _child(*args.child)
@@ -95,11 +106,11 @@ def main(argv=None) -> int:
     try:
         sample = _make_sample(root, args.shape, 0)
         log.info("warm-up run (%s, untimed)", modes[0])
-        _run_child(modes[0], sample, root / "run", args.block_shape)
+        _run_child(modes[0], sample, root / "run", args.block_shape, args.contact_method)
         runs: dict[str, list[dict]] = {m: [] for m in modes}
         for i in range(args.repeats):
             for mode in modes:
-                record = _run_child(mode, sample, root / "run", args.block_shape)
+                record = _run_child(mode, sample, root / "run", args.block_shape, args.contact_method)
                 log.info("run %d %s: %.1f s wall, %.1f s CPU, peak %.0f MiB", i + 1, mode, record["wall_s"],
                          record["cpu_s"], record["peak_rss_mib"])
                 runs[mode].append(record)
@@ -110,7 +121,7 @@ def main(argv=None) -> int:
            for m, rs in runs.items()}
     base = med[modes[0]]
     print(f"pipeline {'x'.join(map(str, args.shape))}, blocks {'x'.join(map(str, args.block_shape))}, "
-          f"synchronous, medians of {args.repeats} fresh processes per mode")
+          f"contact_method {args.contact_method}, synchronous, medians of {args.repeats} fresh processes per mode")
     print(f"{'mode':8s} {'wall s':>8s} {'CPU s':>8s} {'Mvox/s/core':>12s} {'minor faults':>13s} {'peak MiB':>9s}"
           f" {'wall x':>7s} {'peak x':>7s}")
     for mode, m in med.items():

@@ -88,17 +88,22 @@ def _versions() -> dict:
 
 
 #: glibc ``mallopt`` parameters (``<malloc.h>``).
+_M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _M_ARENA_MAX = -8
 
 #: Allocations of at least this many bytes get pages of their own (``mmap``), returned on free.
 MMAP_THRESHOLD = 1 << 20
 
+#: Free memory at the top of the heap is given back to the kernel only beyond this many bytes.
+TRIM_THRESHOLD = 64 << 20
 
-def limit_heap_retention(mmap_threshold: int | None = MMAP_THRESHOLD) -> bool:
+
+def limit_heap_retention(mmap_threshold: int | None = MMAP_THRESHOLD,
+                         trim_threshold: int | None = TRIM_THRESHOLD) -> bool:
     """Keep freed block arrays from staying resident; True where applied.
 
-    Two glibc settings, process-wide, set before the first block:
+    Three glibc settings, process-wide, set before the first block:
 
     * **one arena** (glibc's ``MALLOC_ARENA_MAX=1``). Zarr decodes chunks
       in a thread pool, and glibc gives each such thread an arena of its
@@ -117,11 +122,22 @@ def limit_heap_retention(mmap_threshold: int | None = MMAP_THRESHOLD) -> bool:
       "Session 11" has the CPU cost). Dask's worker processes already run
       with a fixed threshold (``distributed.nanny.pre-spawn-environ`` sets
       ``MALLOC_TRIM_THRESHOLD_``, which fixes it too).
+    * **a trim threshold** of :data:`TRIM_THRESHOLD` (``MALLOC_TRIM_THRESHOLD_``).
+      A fixed mmap threshold also freezes glibc's trim threshold at 128 KiB,
+      so every time the small arrays of a step (below the mmap threshold:
+      numba's tiles, per-label tables, zarr's chunk buffers) are freed the
+      heap's top goes back to the kernel, and the next step faults the same
+      pages in again. Keeping up to 64 MiB of free top costs at most that
+      much resident memory, whatever the volume: 64x256x256 sample run
+      7.6 -> 0.85 M page faults, 79.0 -> 67.3 s, peak RSS 556 -> 574 MiB
+      (BENCHMARKS.md "Session 14").
 
     Idempotent; skipped (False) without glibc, and each setting is left to
     the environment when it sets the matching variable (glibc read it).
-    ``mmap_threshold=None`` keeps glibc's dynamic threshold (one arena only;
-    ``benchmarks.heap_cost`` compares the two).
+    ``mmap_threshold=None`` keeps glibc's dynamic thresholds (one arena only;
+    ``trim_threshold`` is then ignored, as glibc moves it with the mmap
+    threshold); ``trim_threshold=None`` leaves glibc's 128 KiB.
+    ``benchmarks.heap_cost`` compares them.
     """
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
@@ -134,6 +150,8 @@ def limit_heap_retention(mmap_threshold: int | None = MMAP_THRESHOLD) -> bool:
     wanted = {"MALLOC_ARENA_MAX": (_M_ARENA_MAX, 1)}
     if mmap_threshold is not None:
         wanted["MALLOC_MMAP_THRESHOLD_"] = (_M_MMAP_THRESHOLD, int(mmap_threshold))
+        if trim_threshold is not None:
+            wanted["MALLOC_TRIM_THRESHOLD_"] = (_M_TRIM_THRESHOLD, int(trim_threshold))
     todo = [setting for variable, setting in wanted.items() if variable not in os.environ]
     return bool(todo) and all(mallopt(param, value) == 1 for param, value in todo)
 
