@@ -128,9 +128,10 @@ def limit_heap_retention(mmap_threshold: int | None = MMAP_THRESHOLD,
       numba's tiles, per-label tables, zarr's chunk buffers) are freed the
       heap's top goes back to the kernel, and the next step faults the same
       pages in again. Keeping up to 64 MiB of free top costs at most that
-      much resident memory, whatever the volume: 64x256x256 sample run
-      7.6 -> 0.85 M page faults, 79.0 -> 67.3 s, peak RSS 556 -> 574 MiB
-      (BENCHMARKS.md "Session 14").
+      much resident memory, whatever the volume. 64x256x256 sample run with
+      the cosine contact pass: 1.26 -> 0.51 M page faults, 13.8 -> 11.7 s;
+      with the default pass 68.2 -> 66.4 s; peak RSS there +13 to +17 MiB,
+      at 256^3 613.6 -> 674.4 MiB, at 512^3 735.9 MiB (BENCHMARKS.md "Session 14").
 
     Idempotent; skipped (False) without glibc, and each setting is left to
     the environment when it sets the matching variable (glibc read it).
