@@ -1,7 +1,7 @@
 """What the allocator settings of a run cost and save: the pipeline in fresh processes, alternating.
 
     .venv/bin/python -m benchmarks.heap_cost [--shape 64,256,256] [--repeats 3] [--modes lean,kept-top]
-                                             [--contact-method unmix]
+                                             [--contact-method unmix] [--workers 0]
 
 :func:`workflows.run.limit_heap_retention` sets glibc's allocator before the
 first block. Its settings are process-wide and cannot be undone, so each run
@@ -17,6 +17,16 @@ and the modes alternate so that a slow spell of a shared machine hits all:
     trim threshold at 128 KiB: ``limit_heap_retention`` in sessions 11-13.
 ``kept-top``
     ``lean`` with a 64 MiB trim threshold: ``limit_heap_retention`` now.
+``nanny``
+    with ``--workers``: the run process as ``kept-top``, but the workers keep
+    what Dask's nanny gives them (a 64 KiB trim threshold, which fixes the
+    mmap threshold at 128 KiB), as before ``pipeline.memory.worker_heap_environ``.
+
+``--workers N`` runs the pipeline on a local cluster of N one-thread workers
+instead of synchronously; the workers then get ``worker_heap_environ`` in every
+mode but ``nanny``, and CPU seconds and faults include the worker processes
+(``RUSAGE_CHILDREN``, counted once the cluster has closed); peak RSS stays
+the run process's own.
 
 One synthetic sample (seed 0) is generated into a temporary folder; one
 untimed warm-up run (numba's cache, the page cache) precedes the timed ones.
@@ -46,13 +56,16 @@ from .suite import _make_sample, _shape, _workflow_config
 
 log = logging.getLogger("benchmarks.heap_cost")
 
-MODES = ("glibc", "arena", "lean", "kept-top")
+MODES = ("glibc", "arena", "lean", "kept-top", "nanny")
 
 
-def _child(mode: str, sample_dir: str, out: str, block_shape: str, contact_method: str) -> int:
+def _child(mode: str, sample_dir: str, out: str, block_shape: str, contact_method: str, workers: str) -> int:
     """Subprocess body: one pipeline run under ``mode``; prints one JSON line."""
+    import pipeline.runner
     import workflows.run as run
 
+    if mode == "nanny":
+        pipeline.runner.worker_heap_environ = dict
     if mode == "glibc":
         run.limit_heap_retention = lambda: False
     elif mode == "arena":
@@ -61,20 +74,25 @@ def _child(mode: str, sample_dir: str, out: str, block_shape: str, contact_metho
         run.limit_heap_retention = functools.partial(run.limit_heap_retention, trim_threshold=None)
     config = _workflow_config(Path(sample_dir), Path(out), _shape(block_shape))
     config.segment.contact_method = contact_method
-    t0, c0 = time.perf_counter(), time.process_time()
-    faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    if int(workers):
+        config.compute.scheduler, config.compute.n_workers = "local", int(workers)
+        config.compute.dashboard_address = "127.0.0.1:0"
+    t0 = time.perf_counter()
+    before = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
     run.run_workflow(config, progress=False)
-    record = {"mode": mode, "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
-              "minor_faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0,
+    after = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    record = {"mode": mode, "wall_s": time.perf_counter() - t0,
+              "cpu_s": sum(a.ru_utime + a.ru_stime - b.ru_utime - b.ru_stime for a, b in zip(after, before)),
+              "minor_faults": sum(a.ru_minflt - b.ru_minflt for a, b in zip(after, before)),
               "peak_rss_mib": run.peak_rss_mib()}
     sys.stdout.write(json.dumps(record) + "\n")
     return 0
 
 
-def _run_child(mode: str, sample: Path, out: Path, block_shape, contact_method: str) -> dict:
+def _run_child(mode: str, sample: Path, out: Path, block_shape, contact_method: str, workers: int) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, "-m", "benchmarks.heap_cost", "--child", mode, str(sample), str(out),
-           ",".join(map(str, block_shape)), contact_method]
+           ",".join(map(str, block_shape)), contact_method, str(workers)]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
     if proc.returncode != 0:
         raise RuntimeError(f"heap_cost child ({mode}) failed (rc {proc.returncode}):\n{proc.stderr[-2000:]}")
@@ -90,8 +108,10 @@ def main(argv=None) -> int:
     parser.add_argument("--modes", default="lean,kept-top", help=f"comma-separated subset of {','.join(MODES)}")
     parser.add_argument("--contact-method", default="unmix", choices=("unmix", "cosine"),
                         help="segment.contact_method of the runs (default unmix)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="run on a local cluster of this many workers (default 0: synchronous)")
     parser.add_argument("--tmpdir", default=None, help="where the temporary sample and runs go")
-    parser.add_argument("--child", nargs=5, metavar=("MODE", "SAMPLE", "OUT", "BLOCK", "METHOD"),
+    parser.add_argument("--child", nargs=6, metavar=("MODE", "SAMPLE", "OUT", "BLOCK", "METHOD", "WORKERS"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -101,16 +121,21 @@ def main(argv=None) -> int:
         parser.error(f"--modes must name some of {', '.join(MODES)}, got {args.modes!r}")
     if args.repeats < 1:
         parser.error(f"--repeats must be at least 1, got {args.repeats}")
+    if args.workers < 0:
+        parser.error(f"--workers must be 0 or more, got {args.workers}")
+    if "nanny" in modes and not args.workers:
+        parser.error("mode nanny is about Dask's workers: give --workers N")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     root = Path(tempfile.mkdtemp(prefix="oc-heap-", dir=args.tmpdir))
     try:
         sample = _make_sample(root, args.shape, 0)
         log.info("warm-up run (%s, untimed)", modes[0])
-        _run_child(modes[0], sample, root / "run", args.block_shape, args.contact_method)
+        _run_child(modes[0], sample, root / "run", args.block_shape, args.contact_method, args.workers)
         runs: dict[str, list[dict]] = {m: [] for m in modes}
         for i in range(args.repeats):
             for mode in modes:
-                record = _run_child(mode, sample, root / "run", args.block_shape, args.contact_method)
+                record = _run_child(mode, sample, root / "run", args.block_shape, args.contact_method,
+                                    args.workers)
                 log.info("run %d %s: %.1f s wall, %.1f s CPU, peak %.0f MiB", i + 1, mode, record["wall_s"],
                          record["cpu_s"], record["peak_rss_mib"])
                 runs[mode].append(record)
@@ -120,8 +145,9 @@ def main(argv=None) -> int:
     med = {m: {k: statistics.median(r[k] for r in rs) for k in ("wall_s", "cpu_s", "minor_faults", "peak_rss_mib")}
            for m, rs in runs.items()}
     base = med[modes[0]]
+    where = f"local cluster of {args.workers} workers" if args.workers else "synchronous"
     print(f"pipeline {'x'.join(map(str, args.shape))}, blocks {'x'.join(map(str, args.block_shape))}, "
-          f"contact_method {args.contact_method}, synchronous, medians of {args.repeats} fresh processes per mode")
+          f"contact_method {args.contact_method}, {where}, medians of {args.repeats} fresh processes per mode")
     print(f"{'mode':8s} {'wall s':>8s} {'CPU s':>8s} {'Mvox/s/core':>12s} {'minor faults':>13s} {'peak MiB':>9s}"
           f" {'wall x':>7s} {'peak x':>7s}")
     for mode, m in med.items():

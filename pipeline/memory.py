@@ -21,10 +21,18 @@ Where ``/proc`` is not there, every reading is None and nothing is reset.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from contextlib import contextmanager
 
-__all__ = ["current_rss_mib", "high_water_mib", "pass_peaks", "peak_rss_mib", "track_peak"]
+__all__ = ["MMAP_THRESHOLD", "TRIM_THRESHOLD", "current_rss_mib", "high_water_mib", "pass_peaks", "peak_rss_mib",
+           "track_peak", "worker_heap_environ"]
+
+#: Allocations of at least this many bytes get pages of their own (``mmap``), returned on free.
+MMAP_THRESHOLD = 1 << 20
+
+#: Free memory at the top of the heap is given back to the kernel only beyond this many bytes.
+TRIM_THRESHOLD = 64 << 20
 
 log = logging.getLogger(__name__)
 
@@ -118,3 +126,19 @@ def pass_peaks(clear: bool = False) -> dict[str, dict]:
         if clear:
             _pass_peaks.clear()
     return out
+
+
+def worker_heap_environ() -> dict[str, str]:
+    """glibc's variables for a worker process: the settings of ``workflows.run.limit_heap_retention``.
+
+    Dask's nanny sets ``MALLOC_TRIM_THRESHOLD_`` to 64 KiB before it spawns a
+    worker, which also fixes glibc's mmap threshold at its 128 KiB default:
+    every array of 128 KiB or more is then mapped fresh and every freed heap
+    top goes back to the kernel, so a block's steps fault their pages in
+    again and again. A worker gets one arena, a 1 MiB mmap threshold and a
+    64 MiB trim threshold instead, as the run process does. Variables this
+    process's environment sets are passed on unchanged.
+    """
+    wanted = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD),
+              "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD)}
+    return {name: os.environ.get(name, value) for name, value in wanted.items()}

@@ -43,7 +43,7 @@ from .backend import gpu_count
 from .blocks import Block
 from .config import ComputeConfig
 from .errors import BlockError, PipelineError
-from .memory import track_peak
+from .memory import track_peak, worker_heap_environ
 from .storage import crash_point, read_json, read_pickle, storage_error, write_json, write_pickle
 
 __all__ = ["Executor", "run_blockwise", "block_marker", "GPU_RESOURCE"]
@@ -143,6 +143,15 @@ def local_cluster(config: ComputeConfig, device: str = "cpu"):
     device, so one ``LocalCluster`` worker declares ``GPU=1`` and uses the
     first GPU (a warning says so when there are more).
     """
+    import dask
+
+    # each nanny reads this when it is made, inside LocalCluster(...)
+    with dask.config.set({f"distributed.nanny.pre-spawn-environ.{name}": value
+                          for name, value in worker_heap_environ().items()}):
+        return _start_local_cluster(config, device)
+
+
+def _start_local_cluster(config: ComputeConfig, device: str):
     common = dict(threads_per_worker=config.threads_per_worker, dashboard_address=config.dashboard_address,
                   memory_limit=config.memory_limit, silence_logs=logging.WARNING)
     if device != "gpu":

@@ -107,3 +107,18 @@ def test_heap_cost_script_runs_each_mode_in_fresh_processes(tmp_path):
     assert set(rows) == {"lean", "kept-top"}
     assert rows["lean"][-2:] == ["1.000", "1.000"]                          # ratios to the first mode
     assert float(rows["kept-top"][1]) > 0 and float(rows["kept-top"][5]) > 0  # wall seconds, peak MiB
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_heap_cost_script_compares_worker_settings_on_a_local_cluster(tmp_path):
+    repo = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "-m", "benchmarks.heap_cost", "--shape", "16,64,64", "--block-shape", "16,64,64",
+               "--repeats", "1", "--modes", "nanny,kept-top", "--contact-method", "cosine", "--tmpdir", str(tmp_path)]
+    refused = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "give --workers N" in refused.stderr
+    out = subprocess.run(command + ["--workers", "1"], cwd=repo, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "local cluster of 1 workers" in out.stdout
+    rows = {line.split()[0]: line.split() for line in out.stdout.splitlines() if line.startswith(("nanny", "kept-top"))}
+    assert set(rows) == {"nanny", "kept-top"}
+    assert float(rows["kept-top"][2]) > 0 and float(rows["kept-top"][4]) > 0  # CPU seconds and faults of the workers

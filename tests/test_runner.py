@@ -7,6 +7,7 @@ import pytest
 import zarr
 
 from pipeline import BlockError, BlockGrid, ComputeConfig, Executor, run_blockwise
+from pipeline.memory import worker_heap_environ
 from pipeline.runner import block_marker
 
 
@@ -103,6 +104,23 @@ def test_failure_names_the_block_and_marks_nothing_done(tmp_path):
     assert not block_marker(tmp_path, "broken", grid.block((0, 0, 0))).exists()
 
 
+def _heap_environ():
+    import os
+
+    return {name: os.environ.get(name) for name in worker_heap_environ()}
+
+
+def test_worker_heap_environ_defaults_and_passes_the_environment_on(monkeypatch):
+    from pipeline.memory import MMAP_THRESHOLD, TRIM_THRESHOLD
+
+    for name in ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"):
+        monkeypatch.delenv(name, raising=False)
+    assert worker_heap_environ() == {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD),
+                                     "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD)}
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "131072")
+    assert worker_heap_environ()["MALLOC_TRIM_THRESHOLD_"] == "131072"
+
+
 def test_distributed_cluster_gives_the_same_result(tmp_path, arrays):
     data, source, target = arrays
     grid = BlockGrid(data.shape, (4, 10, 10), halo=1, chunks=(4, 5, 5))
@@ -111,6 +129,9 @@ def test_distributed_cluster_gives_the_same_result(tmp_path, arrays):
     with Executor(config) as ex:
         assert ex.dashboard_link.startswith("http://127.0.0.1:")
         assert ex.client.scheduler.address.startswith("tcp://127.0.0.1:")
+        # each worker process gets the run process's heap settings, not the nanny's 64 KiB trim threshold
+        seen = ex.client.run(_heap_environ)
+        assert list(seen.values()) == [worker_heap_environ()] * 2
         summaries = run_blockwise(step, grid, name="double", state_dir=tmp_path / "s", executor=ex, progress=False)
         with pytest.raises(BlockError, match=r"step 'broken': block \d.*bad voxel data"):
             run_blockwise(_always_fails, grid, name="broken", state_dir=tmp_path / "s", executor=ex, progress=False)

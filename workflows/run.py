@@ -55,7 +55,7 @@ from ingest import ingest
 from pipeline import (BlockGrid, ConfigError, Executor, InputError, MissingChannelError, PipelineError, Volume,
                       resolve_device)
 from pipeline.lock import RunLock
-from pipeline.memory import pass_peaks, peak_rss_mib
+from pipeline.memory import MMAP_THRESHOLD, TRIM_THRESHOLD, pass_peaks, peak_rss_mib
 from pipeline.storage import crash_point, read_json, storage_error, write_json, write_parquet, write_text_atomic
 from pipeline.volume import open_label_image
 from sample_data import write_sample
@@ -91,12 +91,6 @@ def _versions() -> dict:
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _M_ARENA_MAX = -8
-
-#: Allocations of at least this many bytes get pages of their own (``mmap``), returned on free.
-MMAP_THRESHOLD = 1 << 20
-
-#: Free memory at the top of the heap is given back to the kernel only beyond this many bytes.
-TRIM_THRESHOLD = 64 << 20
 
 
 def limit_heap_retention(mmap_threshold: int | None = MMAP_THRESHOLD,
