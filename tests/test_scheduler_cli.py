@@ -24,11 +24,13 @@ from pathlib import Path
 import pytest
 import zarr
 
+from pipeline.memory import MMAP_THRESHOLD, TRIM_THRESHOLD
 from sample_data import SampleConfig, write_sample
 from workflows.cli import main
 
 distributed = pytest.importorskip("distributed")
 
+HEAP_CONFIG = Path(__file__).resolve().parents[1] / "docs" / "dask"  # heap.yaml: the workers' glibc settings
 TINY = {"shape": [32, 96, 96], "n_neurons": 6, "seed": 3, "chunks_zyx": [16, 48, 48]}
 TABLES = ("neurons.parquet", "synapses.parquet", "edges.parquet")
 DASK = Path(sys.executable).parent / "dask"
@@ -47,12 +49,12 @@ def _outputs(run):
     return {"labels": labels.tobytes(), **{n: (run / n).read_bytes() for n in TABLES}}
 
 
-def _start(args, log_path: Path) -> subprocess.Popen:
+def _start(args, log_path: Path, **env) -> subprocess.Popen:
     """A subprocess in its own process group (so the nanny's worker dies with it), output to a log file."""
     log = open(log_path, "wb")
     try:
         return subprocess.Popen([str(DASK), *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                env={**os.environ, "PYTHONUNBUFFERED": "1", **env})
     finally:
         log.close()
 
@@ -91,6 +93,8 @@ def test_dask_cli_cluster_gives_the_same_outputs(tmp_path):
     reference = tmp_path / "reference"
     assert main(["-q", "run", str(_workflow(tmp_path, sample, reference))]) == 0
 
+    want_heap = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD),
+                 "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD)}
     processes = []
     try:
         scheduler_file = tmp_path / "scheduler.json"
@@ -103,7 +107,7 @@ def test_dask_cli_cluster_gives_the_same_outputs(tmp_path):
             processes.append(_start(["worker", address, "--nworkers", "1", "--nthreads", "1", "--host", "127.0.0.1",
                                      "--no-dashboard", "--death-timeout", "60", "--name", f"w{i}",
                                      "--local-directory", str(tmp_path / f"worker{i}")],
-                                    tmp_path / f"worker{i}.log"))
+                                    tmp_path / f"worker{i}.log", DASK_CONFIG=str(HEAP_CONFIG)))
         with distributed.Client(address, timeout=f"{START_TIMEOUT_S}s") as client:
             try:
                 client.wait_for_workers(2, timeout=START_TIMEOUT_S)
@@ -116,8 +120,10 @@ def test_dask_cli_cluster_gives_the_same_outputs(tmp_path):
             assert main(["-q", "run", str(_workflow(tmp_path, sample, run)), "--scheduler", address]) == 0
 
             executed = client.run(lambda dask_worker: dask_worker.state.executed_count)
+            heap = client.run(lambda: {name: os.environ.get(name) for name in want_heap})
             prefixes = client.run_on_scheduler(lambda dask_scheduler: sorted(dask_scheduler.task_prefixes))
         assert len(executed) == 2 and all(n > 0 for n in executed.values()), executed
+        assert list(heap.values()) == [want_heap] * 2   # docs/dask/heap.yaml reached the workers
         assert {"segment_fragments", "puncta_pre", "measure"} <= set(prefixes), prefixes
     finally:
         for process in reversed(processes):
