@@ -54,6 +54,7 @@ from pipeline import array_module, to_host
 from pipeline.filters import gaussian, maximum
 
 from .codebook import contact_voxels
+from .jit import numba_kernels
 from .kernels import PSF_TRUNCATE
 from .unmix_gpu import MAX_GROW_SLOTS, device_grow, device_slot_passes, smooth_by_sorted_entries
 
@@ -65,28 +66,6 @@ log = logging.getLogger(__name__)
 
 #: Voxels per tile of the host ``step`` kernel: its (voxel, channel) buffers stay in L1 cache.
 STEP_TILE = 256
-
-
-def _numba_kernels(build):
-    """Decorator: ``build(numba)`` runs once per process and its kernels are kept; None without numba.
-
-    The kernels compile on their first call (``cache=True`` keeps the machine
-    code on disk), so importing this module costs nothing.
-    """
-    built = []
-
-    @functools.wraps(build)
-    def kernels():
-        if not built:
-            try:
-                import numba
-            except ImportError:
-                built.append(None)
-            else:
-                built.append(build(numba))
-        return built[0]
-
-    return kernels
 
 
 def _host_kernels_for(build, engine: str, xp, caller: str):
@@ -101,7 +80,7 @@ def _device_kernels_for(engine: str, xp) -> bool:
     return engine == "auto" and xp is not np
 
 
-@_numba_kernels
+@numba_kernels
 def _host_kernels(numba):
     """Numba kernels of the fit's iterations on the host, or None without numba.
 
@@ -211,7 +190,7 @@ def _host_kernels(numba):
 
 
 
-@_numba_kernels
+@numba_kernels
 def _host_grow_kernel(numba):
     """Numba kernel of one axis of :func:`candidate_slots` on the host, or None without numba.
 
@@ -276,7 +255,7 @@ def _host_grow_kernel(numba):
 
 
 
-@_numba_kernels
+@numba_kernels
 def _host_smooth_kernels(numba):
     """Numba ``(bucket, gather, scatter)``: each neuron's slot entries, and its abundances in a box.
 

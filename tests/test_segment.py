@@ -113,6 +113,20 @@ def test_cheap_deconvolutions_are_block_local_within_a_halo_of_eight_sigmas(meth
     assert float(np.abs(block[inner] - whole[core]).max()) < 2e-3 * float(whole.max())
 
 
+@pytest.mark.parametrize("coarse_shape, fine_yx", [((2, 3, 5, 7), (10, 14)), ((3, 4, 7, 6), (13, 11)),
+                                                   ((1, 2, 1, 1), (2, 1)), ((8, 5, 9, 9), (17, 17))])
+def test_fused_upsampled_gain_equals_the_array_path_bit_for_bit(monkeypatch, coarse_shape, fine_yx):
+    pytest.importorskip("numba")
+    rng = np.random.default_rng(sum(coarse_shape))
+    est = (rng.random(coarse_shape) * 3).astype(np.float32)
+    obs = rng.random(coarse_shape[:2] + fine_yx).astype(np.float32)
+    fused = kernels._upsampled_gain(est, obs)
+    monkeypatch.setattr(kernels, "_upsample_kernel", lambda: None)     # as without numba
+    plain = kernels._upsampled_gain(est, obs)
+    assert fused.shape == plain.shape == obs.shape and fused.dtype == np.float32
+    np.testing.assert_array_equal(fused, plain)
+
+
 def test_binned_upsampling_is_linear_interpolation_and_deconvolve_rejects_bad_parameters():
     rng = np.random.default_rng(0)
     a = rng.random((2, 3, 5, 7)).astype(np.float32)

@@ -510,15 +510,15 @@ def test_gpu_fused_kernels_equal_the_array_path(seed):
 
 
 def test_numba_kernels_are_built_once_and_none_without_numba(monkeypatch):
-    from segment.unmix import _numba_kernels
+    from segment.jit import numba_kernels
 
     calls = []
-    kernels = _numba_kernels(lambda numba: calls.append(numba) or "built")
+    kernels = numba_kernels(lambda numba: calls.append(numba) or "built")
     monkeypatch.setitem(__import__("sys").modules, "numba", None)    # `import numba` now fails
     assert kernels() is None and kernels() is None and calls == []
     monkeypatch.undo()
     pytest.importorskip("numba")
-    again = _numba_kernels(lambda numba: calls.append(numba) or "built")
+    again = numba_kernels(lambda numba: calls.append(numba) or "built")
     assert again() == "built" and again() == "built" and len(calls) == 1
 
 
