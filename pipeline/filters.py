@@ -164,6 +164,14 @@ def gaussian_kernel1d(sigma: float, order: int = 0, radius: int | None = None, *
     return (q * phi)[::-1].copy()
 
 
+@functools.lru_cache(maxsize=256)
+def _work_kernel(sigma: float, order: int, radius: int | None, truncate: float, dtype: str) -> np.ndarray:
+    """:func:`gaussian_kernel1d` in ``dtype``, read-only: a fit blurs with the same few kernels thousands of times."""
+    kernel = gaussian_kernel1d(sigma, order, radius, truncate=truncate).astype(dtype)
+    kernel.flags.writeable = False
+    return kernel
+
+
 #: scipy mode -> OpenCV border; None: OpenCV has no exact equivalent (its filter engine rejects
 #: BORDER_WRAP along columns), scipy does it.
 _GAUSSIAN_MODES = {"reflect": "BORDER_REFLECT", "grid-mirror": "BORDER_REFLECT", "mirror": "BORDER_REFLECT_101",
@@ -339,8 +347,7 @@ def gaussian(image, sigma, *, order=0, mode: str = "reflect", cval: float = 0.0,
                                              truncate=truncate, radius=radii)
     work_dtype = np.float64 if (output is not None and output.dtype == np.float64) else dtype
     ddepth = cv2.CV_64F if work_dtype == np.float64 else cv2.CV_32F
-    kernels = {a: gaussian_kernel1d(sigmas[a], orders[a], radii[a], truncate=truncate).astype(work_dtype)
-               for a in active}
+    kernels = {a: _work_kernel(sigmas[a], orders[a], radii[a], truncate, np.dtype(work_dtype).char) for a in active}
     src = np.ascontiguousarray(image, dtype=work_dtype)
     shape = image.shape
     if ndim == 1:                        # a 1-D array is one row of a (1, n) image
