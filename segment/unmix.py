@@ -134,7 +134,9 @@ def _host_kernels(numba):
                             acc += table[label, ch] * ratios[j, ch]
                         out[k, first + j] = acc * scale * start[k, first + j]
 
-    @numba.njit(cache=True, nogil=True)
+    # error_model="numpy": IEEE division without numba's zero-division check, which kept the
+    # loop from being vectorised (the divisor is never below ``floor`` anyway): ×4-5 faster
+    @numba.njit(cache=True, nogil=True, error_model="numpy")
     def ratio(observed, model, beta, floor):
         # model := (observed + beta) / max(model + beta, floor), the array path's four passes in one
         n_ch, n_vox = model.shape

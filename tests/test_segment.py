@@ -113,6 +113,20 @@ def test_cheap_deconvolutions_are_block_local_within_a_halo_of_eight_sigmas(meth
     assert float(np.abs(block[inner] - whole[core]).max()) < 2e-3 * float(whole.max())
 
 
+@pytest.mark.parametrize("method, iterations, acceleration", [
+    ("richardson-lucy", 0, "nesterov"), ("richardson-lucy", 1, "nesterov"), ("richardson-lucy", 7, "nesterov"),
+    ("richardson-lucy", 5, "none"), ("binned-richardson-lucy", 6, "nesterov"), ("wiener", 3, "nesterov")])
+def test_fused_richardson_lucy_equals_the_array_loop_bit_for_bit(monkeypatch, method, iterations, acceleration):
+    pytest.importorskip("numba")
+    rng = np.random.default_rng(iterations)
+    x = rng.random((3, 9, 14, 13)).astype(np.float32) * rng.random((1, 9, 14, 13)).astype(np.float32)
+    x[0, 2, 3, 4] = 0.0                                    # below the floor
+    fused = kernels.deconvolve(x, (1.2, 1.5, 1.5), iterations, method=method, acceleration=acceleration)
+    monkeypatch.setattr(kernels, "_rl_kernels", lambda: None)           # as without numba
+    plain = kernels.deconvolve(x, (1.2, 1.5, 1.5), iterations, method=method, acceleration=acceleration)
+    np.testing.assert_array_equal(fused, plain)
+
+
 @pytest.mark.parametrize("coarse_shape, fine_yx", [((2, 3, 5, 7), (10, 14)), ((3, 4, 7, 6), (13, 11)),
                                                    ((1, 2, 1, 1), (2, 1)), ((8, 5, 9, 9), (17, 17))])
 def test_fused_upsampled_gain_equals_the_array_path_bit_for_bit(monkeypatch, coarse_shape, fine_yx):
