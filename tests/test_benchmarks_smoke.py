@@ -122,3 +122,22 @@ def test_heap_cost_script_compares_worker_settings_on_a_local_cluster(tmp_path):
     rows = {line.split()[0]: line.split() for line in out.stdout.splitlines() if line.startswith(("nanny", "kept-top"))}
     assert set(rows) == {"nanny", "kept-top"}
     assert float(rows["kept-top"][2]) > 0 and float(rows["kept-top"][4]) > 0  # CPU seconds and faults of the workers
+
+
+def test_ab_script_runs_each_checkout_from_its_own_code(tmp_path):
+    import shutil
+
+    baseline = tmp_path / "baseline"                   # a copy of this checkout's packages stands in for a worktree
+    for package in ("benchmarks", "graph", "ingest", "pipeline", "sample_data", "segment", "workflows"):
+        shutil.copytree(ROOT / package, baseline / package, ignore=shutil.ignore_patterns("__pycache__"))
+    refused = subprocess.run([sys.executable, "-m", "benchmarks.ab", str(tmp_path)], cwd=ROOT, capture_output=True,
+                             text=True, timeout=60)
+    assert refused.returncode == 2 and "not a checkout" in refused.stderr
+    out = subprocess.run([sys.executable, "-m", "benchmarks.ab", str(baseline), "--shape", "16,64,64", "--block-shape",
+                          "16,64,64", "--repeats", "1", "--contact-method", "cosine", "--tmpdir", str(tmp_path)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"baseline: {baseline.resolve()}" in out.stdout and f"this:     {ROOT}" in out.stdout
+    rows = {line.split()[0]: line.split() for line in out.stdout.splitlines() if line.startswith(("baseline ", "this "))}
+    assert set(rows) == {"baseline", "this"} and rows["baseline"][-1] == "1.000"
+    assert "same labels: yes" in out.stdout           # the same code on both sides writes the same bits
