@@ -429,8 +429,10 @@ def _richardson_lucy(obs, est, sigma, iterations: int, acceleration: str, floor)
     def blur(a, out):
         return gaussian(a, sigma, truncate=PSF_TRUNCATE, mode="reflect", output=out)
 
-    fused = _rl_kernels() if (xp is np and obs.dtype == est.dtype == np.float32
-                              and isinstance(floor, np.float32)) else None
+    if xp is np and obs.dtype == est.dtype == np.float32 and isinstance(floor, np.float32):
+        kernels = _rl_kernels()
+        if kernels is not None:
+            return _richardson_lucy_on_host(obs, est, blur, int(iterations), acceleration, floor, kernels)
     # Five buffers per channel, reused across iterations: the arithmetic costs
     # as much as the two blurs when every step allocates (same operations, same
     # order, so the same floats as the allocating form).
@@ -438,35 +440,54 @@ def _richardson_lucy(obs, est, sigma, iterations: int, acceleration: str, floor)
     for c in range(obs.shape[0]):
         o, e = obs[c], est[c].copy()
         previous, new = None, spare
-        start = e
         for i in range(int(iterations)):
-            if fused is None:
-                if acceleration == "nesterov" and previous is not None:
-                    start = start_buf
-                    xp.subtract(e, previous, out=start)
-                    start *= np.float32((i - 1) / (i + 2))
-                    start += e
-                    xp.maximum(start, floor, out=start)
-                else:
-                    start = e
-            blur(start, conv)
-            if fused is None:
-                xp.maximum(conv, floor, out=conv)
-                xp.divide(o, conv, out=conv)
-                blur(conv, new)
-                new *= start
+            if acceleration == "nesterov" and previous is not None:
+                start = start_buf
+                xp.subtract(e, previous, out=start)
+                start *= np.float32((i - 1) / (i + 2))
+                start += e
+                xp.maximum(start, floor, out=start)
             else:
-                fused[0](o.reshape(-1), conv.reshape(-1), floor)
-                blur(conv, new)
-                # the next iteration's start from (new, e); factor (j - 1) / (j + 2) with j = i + 1
-                fused[1](new.reshape(-1), start.reshape(-1), e.reshape(-1), start_buf.reshape(-1),
-                         np.float32(i / (i + 3)), floor)
-                start = start_buf if acceleration == "nesterov" else new
+                start = e
+            blur(start, conv)
+            xp.maximum(conv, floor, out=conv)
+            xp.divide(o, conv, out=conv)
+            blur(conv, new)
+            new *= start
             # rotate: the estimate two steps back becomes the next output buffer
             recycled = previous if previous is not None else xp.empty_like(e)
             previous, e, new = e, new, recycled
         est[c] = e
         spare = new
+    return est
+
+
+def _richardson_lucy_on_host(obs, est, blur, iterations: int, acceleration: str, floor, kernels):
+    """The loop of :func:`_richardson_lucy` with its arithmetic in the two :func:`_rl_kernels` passes.
+
+    Same float32 operations in the same order, so the same bits. ``step``
+    writes the next iteration's extrapolated start whether or not it is used
+    (``acceleration="none"`` starts from the estimate itself).
+    """
+    ratio, step = kernels
+    shape = obs.shape[1:]
+
+    def blur_flat(a, out):                   # the kernels see flat channels, the blur (z, y, x) views of them
+        blur(a.reshape(shape), out.reshape(shape))
+
+    conv, start_buf, new = (np.empty(math.prod(shape), np.float32) for _ in range(3))
+    for c in range(obs.shape[0]):
+        o, e = obs[c].reshape(-1), est[c].reshape(-1).copy()
+        start = e
+        for i in range(iterations):
+            blur_flat(start, conv)
+            ratio(o, conv, floor)
+            blur_flat(conv, new)
+            # new := new * start, the estimate; start_buf := iteration j = i + 1's start, factor (j - 1) / (j + 2)
+            step(new, start, e, start_buf, np.float32(i / (i + 3)), floor)
+            e, new = new, e                  # the old estimate's buffer takes the next one
+            start = start_buf if acceleration == "nesterov" else e
+        est[c] = e.reshape(shape)
     return est
 
 
