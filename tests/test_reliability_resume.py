@@ -11,9 +11,11 @@ table and run.json writing). After each kill the same command is rerun and
 the label image (every chunk file, byte for byte) and the three Parquet
 tables (byte for byte) must equal the uninterrupted run's.
 
-``test_kill_resume_three_points`` (default, ~15 s) kills one run three times in
-a row, resuming in between; ``test_kill_resume_many_points`` (``-m slow``)
-kills 12 independent runs at 12 points.
+``test_kill_resume_three_points`` (~15-20 s) kills one run three times in
+a row, resuming in between; ``test_kill_resume_many_points`` kills independent
+runs at one point drawn in every phase (six runs, ~2 min on the 2-core CI
+machine), or at ``CONNECTOME_KILL_POINTS_PER_PHASE`` points per phase (2: twelve
+runs, as every ``make test`` did until session 15).
 """
 
 from __future__ import annotations
@@ -166,9 +168,9 @@ def test_kill_resume_three_points(reference):
 
 @pytest.mark.slow
 def test_kill_resume_many_points(reference):
-    """Twelve independent runs, each SIGKILLed at one point drawn with a fixed seed, then resumed."""
-    kill_points = _draw(reference["points"], per_phase=2, seed=2024)
-    assert len(kill_points) >= 10
+    """Independent runs, each SIGKILLed at one point drawn with a fixed seed (every phase hit), then resumed."""
+    per_phase = int(os.environ.get("CONNECTOME_KILL_POINTS_PER_PHASE", "1"))
+    kill_points = _draw(reference["points"], per_phase=per_phase, seed=2024)
     phases = {_phase(reference["points"][n - 1]) for n in kill_points}
     assert phases == set(PHASES)
     for n in kill_points:
