@@ -18,15 +18,14 @@ image): a change meant to keep the bits must print ``same labels: yes``.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
+import os
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -76,8 +75,6 @@ def _run_child(checkout: Path, sample: Path, out: Path, block_shape, contact_met
 
 
 def _env(checkout: Path) -> dict:
-    import os
-
     env = dict(os.environ)
     env["PYTHONPATH"] = str(checkout) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env

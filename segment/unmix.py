@@ -44,7 +44,6 @@ with the next iteration's extrapolation and mixture).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 from typing import Sequence
 
