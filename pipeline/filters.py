@@ -24,6 +24,10 @@ here); OpenCV's SIMD row/column filters run ≈ 5× faster. The CPU path is:
   only besides (y, x): those go slab by slab, z into a small scratch and its
   planes straight into the output (:func:`_slab_pass`; the same bits,
   ×1.2-1.4 faster for 64×144×144 to 64×256×256).
+* a trailing axis that is not filtered (sigma 0) and has 2 to 128 entries,
+  as in a channels-last (z, y, x, c) stack, rides along as OpenCV's
+  channels: each (y, x, c) plane is one call, and the result is the same
+  bits as filtering every channel on its own.
 
 OpenCV runs single-threaded here (``cv2.setNumThreads(1)`` on first use):
 workers run one block per thread (``threads_per_worker``), the block grid
@@ -77,6 +81,9 @@ _SLAB_MAX_PLANE_BYTES = 256 * 1024
 
 #: Output planes per slab of :func:`_slab_pass`.
 _SLAB_ROWS = 32
+
+#: Most channels one OpenCV image may have (CV_CN_MAX: 512 in OpenCV 4, 128 in OpenCV 5).
+_CV_MAX_CHANNELS = 128
 
 #: Bytes of the scratch each thread keeps for :func:`_slab_pass` (a slab and the kernel's reach
 #: on both sides must fit, else the two-pass path runs). Kept, not allocated per call: the run
@@ -226,7 +233,7 @@ def _column_pass(cv2, src3, dst3, kernel, border, ddepth, op: str) -> None:
 
 
 def _plane_pass(cv2, src3, dst3, kx, ky, border, ddepth, op: str) -> None:
-    """Filter the last two axes of (p, y, x) C-contiguous arrays, one 2-D call per plane (may be in place)."""
+    """Filter (y, x) of (p, y, x) or (p, y, x, c) C-contiguous arrays, one 2-D call per plane (may be in place)."""
     in_place = np.shares_memory(src3[:1, :1, :1], dst3[:1, :1, :1])
     scratch = np.empty(dst3.shape[1:], dst3.dtype) if in_place else None
     for i in range(src3.shape[0]):
@@ -257,7 +264,7 @@ def _slab_scratch(size: int, dtype) -> np.ndarray:
 
 
 def _slab_pass(cv2, src4, dst4, rows: int, kz, kx, ky, border_z, border_plane, ddepth) -> None:
-    """Filter axis 1 (z) and then the last two axes of (p, z, y, x) C-contiguous arrays, slab by slab.
+    """Filter axis 1 (z) and then (y, x) of (p, z, y, x) or (p, z, y, x, c) C-contiguous arrays, slab by slab.
 
     Each slab of ``rows`` output planes (:func:`_slab_rows`) is filtered along z,
     with ``r`` planes of real data on either side, into a small scratch
@@ -275,7 +282,7 @@ def _slab_pass(cv2, src4, dst4, rows: int, kz, kx, ky, border_z, border_plane, d
     """
     p, nz = src4.shape[:2]
     r = len(kz) // 2
-    plane = src4.shape[2] * src4.shape[3]
+    plane = math.prod(src4.shape[2:])          # (y, x) or, with channels last, (y, x, c)
     scratch = _slab_scratch(min(rows + 2 * r, nz) * plane, dst4.dtype).reshape(-1, plane)
     one = np.ones(1, kz.dtype)
     for i in range(p):
@@ -350,13 +357,17 @@ def gaussian(image, sigma, *, order=0, mode: str = "reflect", cval: float = 0.0,
     kernels = {a: _work_kernel(sigmas[a], orders[a], radii[a], truncate, np.dtype(work_dtype).char) for a in active}
     src = np.ascontiguousarray(image, dtype=work_dtype)
     shape = image.shape
+    # a trailing axis left alone (channels last) rides along as OpenCV channels: one call per plane
+    channels = ()
+    if ndim >= 3 and ndim - 1 not in active and 1 < shape[-1] <= _CV_MAX_CHANNELS:
+        channels, shape, ndim = shape[-1:], shape[:-1], ndim - 1
     if ndim == 1:                        # a 1-D array is one row of a (1, n) image
         shape, kernels, borders = (1,) + shape, {a + 1: k for a, k in kernels.items()}, [None] + borders
         active = [a + 1 for a in active]
         ndim = 2
-    src = src.reshape(shape)
+    src = src.reshape(shape + channels)
     direct = output is not None and output.dtype == work_dtype and output.flags.c_contiguous
-    out = output.reshape(shape) if direct else np.empty(shape, work_dtype)
+    out = output.reshape(shape + channels) if direct else np.empty(shape + channels, work_dtype)
     cur = src                            # where the data is now: the input, then ``out``
     ya, xa = ndim - 2, ndim - 1
     # small planes filtered along z: slab by slab (``_slab_pass``), else the two passes below
@@ -365,10 +376,10 @@ def gaussian(image, sigma, *, order=0, mode: str = "reflect", cval: float = 0.0,
     if (ndim >= 3 and [a for a in active if a < ya] == [za] and (ya in kernels or xa in kernels)
             and (ya not in kernels or xa not in kernels or borders[ya] == borders[xa])
             and not np.may_share_memory(src, out)):     # in place, a slab would read planes already written
-        rows = _slab_rows(shape[za], len(kernels[za]) // 2, math.prod(shape[-2:]) * out.itemsize)
+        rows = _slab_rows(shape[za], len(kernels[za]) // 2, math.prod(shape[-2:] + channels) * out.itemsize)
     if rows:
         one = np.ones(1, work_dtype)
-        four = (math.prod(shape[:za]),) + shape[za:]
+        four = (math.prod(shape[:za]),) + shape[za:] + channels
         _slab_pass(cv2, src.reshape(four), out.reshape(four), rows, kernels[za], kernels.get(xa, one),
                    kernels.get(ya, one), borders[za], borders[xa] if xa in kernels else borders[ya], ddepth)
         cur, active = out, []            # every axis is filtered
@@ -376,22 +387,21 @@ def gaussian(image, sigma, *, order=0, mode: str = "reflect", cval: float = 0.0,
     for a in active:
         if a >= ndim - 2:
             continue
-        p, n, r = math.prod(shape[:a]), shape[a], math.prod(shape[a + 1:])
+        p, n, r = math.prod(shape[:a]), shape[a], math.prod(shape[a + 1:] + channels)
         _column_pass(cv2, cur.reshape(p, n, r), out.reshape(p, n, r), kernels[a], borders[a], ddepth, "filter")
         cur = out
     # the last two axes: one 2-D separable call per plane
     if ya in active or xa in active:
         one = np.ones(1, work_dtype)
         p = math.prod(shape[:-2])
+        planes = (p,) + shape[-2:] + channels
         ky, kx = kernels.get(ya, one), kernels.get(xa, one)
         if ya in kernels and xa in kernels and borders[ya] != borders[xa]:
             # one 2-D call has one border type: y first, then x
-            _plane_pass(cv2, cur.reshape(p, *shape[-2:]), out.reshape(p, *shape[-2:]), one, ky, borders[ya],
-                        ddepth, "filter")
+            _plane_pass(cv2, cur.reshape(planes), out.reshape(planes), one, ky, borders[ya], ddepth, "filter")
             cur, ky = out, one
         border = borders[xa] if xa in kernels else borders[ya]
-        _plane_pass(cv2, cur.reshape(p, *shape[-2:]), out.reshape(p, *shape[-2:]), kx, ky, border, ddepth,
-                    "filter")
+        _plane_pass(cv2, cur.reshape(planes), out.reshape(planes), kx, ky, border, ddepth, "filter")
         cur = out
     if cur is src:                       # nothing to filter: a copy, as scipy
         out[...] = src

@@ -184,6 +184,53 @@ def test_gaussian_channels_and_other_ndims():
         _close(gaussian(a, sigma), ndi.gaussian_filter(a, sigma))
 
 
+@pytest.mark.parametrize("mode", ["reflect", "mirror", "nearest", "constant"])
+@pytest.mark.parametrize("shape, sigma", [
+    ((5, 7, 9, 3), (1.0, 2.0, 0.5, 0.0)),          # (z, y, x, c): z slab by slab, planes with channels
+    ((40, 30, 20, 8), (1.5, 1.5, 1.5, 0.0)),
+    ((6, 33, 3), (1.2, 0.8, 0.0)),                 # (y, x, c)
+    ((4, 6, 7, 5), (0.0, 1.0, 1.0, 0.0)),
+    ((4, 6, 7, 5), (1.0, 0.0, 1.0, 0.0)),
+    ((3, 4, 5, 6, 2), (1.0, 1.0, 1.0, 1.0, 0.0)),  # a column pass before the planes
+    ((6, 8, 9, 130), (1.0, 1.0, 1.0, 0.0)),        # more channels than OpenCV takes: plain path
+], ids=str)
+def test_gaussian_channels_last(shape, sigma, mode):
+    """A trailing axis with sigma 0 rides along as OpenCV channels (one call per plane): the result
+    is scipy's, and each channel's is the one its own Gaussian gives, into ``output`` or not."""
+    a = _data(shape, seed=len(shape) + shape[-1])
+    want = ndi.gaussian_filter(a, sigma, mode=mode, truncate=2.5)
+    got = gaussian(a, sigma, mode=mode, truncate=2.5)
+    _close(got, want)
+    out = np.empty_like(a)
+    assert gaussian(a, sigma, mode=mode, truncate=2.5, output=out) is out
+    np.testing.assert_array_equal(out, got)
+    one_by_one = np.stack([gaussian(np.ascontiguousarray(a[..., i]), sigma[:-1], mode=mode, truncate=2.5)
+                           for i in range(shape[-1])], axis=-1)
+    _close(got, one_by_one, rtol=1e-6)
+
+
+def test_gaussian_channels_last_is_one_opencv_call_per_plane(monkeypatch):
+    """The channels are not filtered one plane row at a time: a (z, y, x, c) stack costs z plane calls
+    (plus its z pass), as a single channel does."""
+    cv2 = filters._opencv()
+    calls = []
+    real = cv2.sepFilter2D
+
+    class Counting:
+        def __getattr__(self, name):
+            return getattr(cv2, name)
+
+        @staticmethod
+        def sepFilter2D(src, *args, **kwargs):
+            calls.append(src.shape)
+            return real(src, *args, **kwargs)
+
+    monkeypatch.setattr(filters, "_cv2", Counting())
+    gaussian(_data((6, 16, 20, 8)), (1.0, 1.0, 1.0, 0.0))
+    planes = [shape for shape in calls if shape == (16, 20, 8)]
+    assert len(planes) == 6 and len(calls) <= 6 + 6, calls
+
+
 def test_gaussian_dtypes_output_and_zero_sigma():
     a64 = _data((6, 16, 16), seed=10, dtype=np.float64)
     got = gaussian(a64, 1.2)
