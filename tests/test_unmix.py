@@ -295,6 +295,29 @@ def test_fused_host_fit_equals_the_array_loop_bit_for_bit(c):
         assert (fused[slots == 0] == 0).all()
 
 
+@pytest.mark.parametrize("fraction", [0.0, 0.25, 1.0])
+def test_host_fit_drops_zero_entries_without_changing_a_bit(monkeypatch, fraction):
+    """The host fit sheds the entries whose abundance reached zero (at every zero: fraction 0; when
+    they are a quarter: the default; never: 1). Zeros are absorbing, so the result is the array
+    loop's, bit for bit, over enough iterations for many candidates to die."""
+    pytest.importorskip("numba")
+    import segment.unmix as unmix
+
+    monkeypatch.setattr(unmix, "COMPACT_FRACTION", fraction)
+    rng = np.random.default_rng(11)
+    labels = rng.integers(0, 6, size=(7, 16, 18)).astype(np.uint16)
+    labels[:, :, :3] = 0
+    slots, _ = candidate_slots(labels, 1, max_candidates=6)
+    c = 5
+    table = np.concatenate([np.zeros((1, c)), rng.random((5, c)) ** 3])
+    image = rng.random((c,) + labels.shape).astype(np.float32) ** 2
+    for iterations in (2, 9, 30):
+        fused = unmix_abundances(image, slots, table, psf_sigma=PSF, iterations=iterations, engine="auto")
+        plain = unmix_abundances(image, slots, table, psf_sigma=PSF, iterations=iterations, engine="xp")
+        np.testing.assert_array_equal(fused, plain, err_msg=f"{iterations} iterations")
+    assert ((fused == 0) & (slots > 0)).mean() > 0.2      # many candidates died on the way
+
+
 @pytest.mark.parametrize("shape", [(3, 5, 7), (4, 33, 40)])
 def test_host_slot_passes_equal_the_array_passes_bit_for_bit(shape):
     """``_slot_passes``' numba mix and update (tiled; the benchmarks' breakdown times them) against
@@ -355,9 +378,11 @@ def test_core_barcodes_average_away_from_contacts_and_fall_back_when_small():
 
 @pytest.mark.parametrize("engine", ["auto", "xp"])
 def test_abundance_fit_holds_two_estimates_and_no_copy_of_the_observation(engine):
-    """Working memory of the fit: per voxel, two float32 estimates per used slot, the mixture
-    and the model (float32 per channel) and the occupancy; the observation is not copied.
-    The fit is the pass's largest allocation, and blocks run it on whole read regions."""
+    """Working memory of the fit: per voxel, the mixture and the model (float32 per channel), the
+    occupancy and the result; per used slot (xp) or occupied slot (the host fit's entries: also
+    its voxel index, slot and label), two float32 estimates. A channels-last observation, as the
+    pipeline passes it, is not copied. The fit is the pass's largest allocation, and blocks run
+    it on whole read regions."""
     import tracemalloc
 
     rng = np.random.default_rng(0)
@@ -367,22 +392,39 @@ def test_abundance_fit_holds_two_estimates_and_no_copy_of_the_observation(engine
     labels[:, 10:30, 10:30] = 3
     c = 8
     codes = rng.random((3, c))
-    image = rng.random((c,) + labels.shape).astype(np.float32)
+    image = np.moveaxis(rng.random(labels.shape + (c,)).astype(np.float32), -1, 0)   # channels-last memory
     slots, _ = candidate_slots(labels, 2)                    # 3 of 4 slots used
     table = np.concatenate([np.zeros((1, c)), codes])
     used = int(sum(bool((slots[k] > 0).any()) for k in range(len(slots))))
+    entries = int((slots > 0).sum())
     unmix_abundances(image, slots, table, psf_sigma=PSF, iterations=2, engine=engine)
     tracemalloc.start()
     u = unmix_abundances(image, slots, table, psf_sigma=PSF, iterations=3, engine=engine)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     voxels = labels.size
-    # the xp engine gathers each slot's barcode weights into one reused plane (plus two more
-    # for its sums), never all of them at once
-    planes = 3 * 4 if engine == "xp" else 0
-    budget = voxels * (2 * 4 * used + 2 * 4 * c + len(slots) + used + planes + 4 * len(slots) + 16)
+    if engine == "xp":
+        # each slot's barcode weights gathered into one reused plane (plus two more for its sums),
+        # never all of them at once
+        budget = voxels * (2 * 4 * used + 2 * 4 * c + len(slots) + used + 3 * 4 + 4 * len(slots) + 16)
+    else:
+        budget = (voxels * (2 * 4 * c + len(slots) + 4 * used + 4 * len(slots) + 16)
+                  + entries * (2 * 4 + 4 + 1 + slots.itemsize))
     assert u.shape == slots.shape
     assert peak < budget, f"peak {peak / voxels:.0f} B per voxel, budget {budget / voxels:.0f}"
+
+
+def test_host_fit_takes_a_planar_observation_too():
+    """A (c, z, y, x) observation in planar memory gives the same abundances as the channels-last one."""
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 4, size=(5, 9, 11)).astype(np.uint32)
+    slots, _ = candidate_slots(labels, 1)
+    table = np.concatenate([np.zeros((1, 3)), rng.random((3, 3))])
+    planar = rng.random((3,) + labels.shape).astype(np.float32)
+    last = np.moveaxis(np.ascontiguousarray(np.moveaxis(planar, 0, -1)), -1, 0)
+    assert not last.flags.c_contiguous
+    got = [unmix_abundances(image, slots, table, psf_sigma=PSF, iterations=7) for image in (planar, last)]
+    np.testing.assert_array_equal(got[0], got[1])
 
 
 def test_unmix_rounds_decide_again_with_the_cores_of_the_last_round_and_grow_once():
