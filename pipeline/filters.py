@@ -26,8 +26,11 @@ here); OpenCV's SIMD row/column filters run ≈ 5× faster. The CPU path is:
   ×1.2-1.4 faster for 64×144×144 to 64×256×256).
 * a trailing axis that is not filtered (sigma 0) and has 2 to 128 entries,
   as in a channels-last (z, y, x, c) stack, rides along as OpenCV's
-  channels: each (y, x, c) plane is one call, and the result is the same
-  bits as filtering every channel on its own.
+  channels: each (y, x, c) plane is one call. The result is scipy's to
+  float32 rounding, like every path here, but not always the same bits as
+  filtering each channel on its own (OpenCV's SIMD lanes group the
+  interleaved values differently for some plane widths): code that must
+  agree bit for bit filters channels-last on both sides.
 
 OpenCV runs single-threaded here (``cv2.setNumThreads(1)`` on first use):
 workers run one block per thread (``threads_per_worker``), the block grid
