@@ -233,10 +233,9 @@ def _host_entry_kernels(numba):
                     acc += table[lab, ch] * ratio_mixed[v, ch]
                 new = acc * scale * start[e]
                 following = (new - u[e]) * factor + new
-                if not following > 0.0:
-                    following = np.float32(0.0)
-                    if new == 0.0:
-                        zero += 1
+                # branch-free (a select and a sum): whether an entry dies is data, not a pattern
+                following = following if following > 0.0 else np.float32(0.0)
+                zero += (following == 0.0) & (new == 0.0)
                 start[e] = new
                 u[e] = following
                 for ch in range(n_ch):
