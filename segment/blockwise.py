@@ -694,11 +694,13 @@ def unmixing_inputs(raw, means: np.ndarray, plan: FragmentPlan):
     bg = _background_levels(plan)
     lo = np.array([plan.lo[c] for c in plan.barcodes], np.float64)
     hi = np.array([plan.hi[c] for c in plan.barcodes], np.float64)
-    observed = kernels.normalize(raw, bg, hi)
-    if array_module(observed) is np:
-        # channels-last memory, as the host fit reads it (segment.unmix.unmix_abundances): one copy
-        # here instead of one per round
-        observed = np.moveaxis(np.ascontiguousarray(np.moveaxis(observed, 0, -1)), -1, 0)
+    if array_module(raw) is np:
+        # channels-last memory, as the host fit reads it (segment.unmix.unmix_abundances): written
+        # so once here, instead of copied in every round
+        last = np.empty(raw.shape[1:] + raw.shape[:1], np.float32)
+        observed = kernels.normalize(raw, bg, hi, out=np.moveaxis(last, -1, 0))
+    else:
+        observed = kernels.normalize(raw, bg, hi)
     span = np.maximum(hi - bg, 1e-6)
     barcodes = np.maximum((np.asarray(means, np.float64) * (hi - lo) + (lo - bg)) / span, 0.0)
     return observed, barcodes

@@ -99,7 +99,7 @@ def context_radius(sigma: Sequence[float], barcode_sigma: Sequence[float] | None
     return tuple(int(r) for r in radius)
 
 
-def normalize(data, lo, hi, *, clip_max: float = 4.0):
+def normalize(data, lo, hi, *, clip_max: float = 4.0, out=None):
     """Map each channel of ``data`` (c, z, y, x) linearly so that ``lo -> 0`` and ``hi -> 1``.
 
     Parameters
@@ -111,10 +111,15 @@ def normalize(data, lo, hi, *, clip_max: float = 4.0):
     clip_max : float
         Values are clipped to ``[0, clip_max]`` so that saturated outliers do
         not dominate means.
+    out : array (c, z, y, x) of float32, optional
+        Where to write the result, in any memory order (e.g. a ``np.moveaxis``
+        view of a channels-last buffer); the same values, and no temporary
+        copy of the data.
 
     Returns
     -------
     array (c, z, y, x) of float32
+        ``out`` when given.
     """
     xp = array_module(data)
     if data.ndim != 4:
@@ -129,7 +134,15 @@ def normalize(data, lo, hi, *, clip_max: float = 4.0):
     scale = 1.0 / np.maximum(hi - lo, 1e-6)
     lo_ = xp.asarray(lo.astype(np.float32)).reshape(-1, 1, 1, 1)
     scale_ = xp.asarray(scale.astype(np.float32)).reshape(-1, 1, 1, 1)
-    out = (data.astype(xp.float32) - lo_) * scale_
+    if out is None:
+        out = (data.astype(xp.float32) - lo_) * scale_
+    else:
+        if out.shape != data.shape or out.dtype != np.float32:
+            raise ValueError(f"normalize: out must be float32 of the data's shape {data.shape}, "
+                             f"got {out.dtype} {out.shape}")
+        out[...] = data                  # the same float32 conversion as astype, into out's memory
+        out -= lo_
+        out *= scale_
     return xp.clip(out, 0.0, clip_max, out=out)
 
 

@@ -177,8 +177,8 @@ def _host_entry_kernels(numba):
     """
 
     @numba.njit(cache=True, nogil=True)
-    def gather(slots, u, index_dtype):
-        # (slots, voxels) planes -> entries, voxel by voxel
+    def gather(slots, index_dtype):
+        # (slots, voxels) planes -> entries, voxel by voxel, each abundance starting at 1
         n_slots, n_vox = slots.shape
         total = 0
         for k in range(n_slots):
@@ -193,7 +193,7 @@ def _host_entry_kernels(numba):
         for v in range(n_vox):
             for k in range(n_slots):
                 if slots[k, v] != 0:
-                    voxel[e], slot[e], label[e], value[e] = v, k, slots[k, v], u[k, v]
+                    voxel[e], slot[e], label[e], value[e] = v, k, slots[k, v], 1.0
                     e += 1
         return voxel, slot, label, value
 
@@ -564,11 +564,14 @@ def unmix_abundances(observed, slots, barcodes, *, psf_sigma: Sequence[float], i
     if len(used) < n_slots:             # slots empty everywhere cost every iteration: drop them
         slots, occupied = slots[used], occupied[used]
     slots = xp.ascontiguousarray(slots)
-    u = xp.ascontiguousarray(occupied, dtype=xp.float32)
     host_kernels = _host_kernels_for(_host_kernels, engine, xp, "unmixing")
     if host_kernels is not None:
-        u = _fit_on_host(obs, slots, u, table, sigma, int(iterations), beta_, floor_, host_kernels)
+        # the entry list starts at 1 in every occupied slot: no dense start planes beside it
+        del occupied
+        u = _fit_on_host(obs, slots, table, sigma, int(iterations), beta_, floor_, host_kernels)
     else:
+        u = xp.ascontiguousarray(occupied, dtype=xp.float32)
+        del occupied
         u = _fit_with_slot_passes(obs, slots, u, table, sigma, int(iterations), beta_, floor_, engine)
     if len(used) == n_slots:
         return u
@@ -640,7 +643,7 @@ def _fit_with_slot_passes(obs, slots, u, table, sigma, iterations: int, beta_, f
     return u
 
 
-def _fit_on_host(obs, slots, u, table, sigma, iterations: int, beta_, floor_, kernels):
+def _fit_on_host(obs, slots, table, sigma, iterations: int, beta_, floor_, kernels):
     """The loop of :func:`_fit_with_slot_passes` with its arithmetic fused into numba kernels.
 
     Same float32 operations in the same order, so the same bits. Per
@@ -665,7 +668,7 @@ def _fit_on_host(obs, slots, u, table, sigma, iterations: int, beta_, floor_, ke
     # ``start`` holds each iteration's start, then (updated in place) its result; ``previous`` the
     # estimate before it, then the next iteration's start (one value per entry). ``mixed`` holds
     # the mixture, then the blurred ratio; ``model`` the blurred mixture, then the ratio.
-    voxel, slot, label, start = gather(flat_slots, u.reshape(u.shape[0], -1), index)
+    voxel, slot, label, start = gather(flat_slots, index)
     previous = start.copy()
     obs_last = np.ascontiguousarray(np.moveaxis(obs, 0, -1), dtype=np.float32)
     mixed, model = np.empty(obs_last.shape, np.float32), np.empty(obs_last.shape, np.float32)

@@ -34,6 +34,21 @@ def test_normalize_maps_percentiles_and_clips():
         kernels.normalize(data[0], lo=[0], hi=[1])
 
 
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32, np.float64])
+def test_normalize_into_a_channels_last_buffer_gives_the_same_bits(dtype):
+    data = (np.random.default_rng(3).random((5, 4, 6, 7)) * 3000).astype(dtype)
+    lo, hi = [100, 0, 50, 7, 3], [900, 2000, 60, 3000, 1500]
+    want = kernels.normalize(data, lo, hi)
+    last = np.empty((4, 6, 7, 5), np.float32)
+    got = kernels.normalize(data, lo, hi, out=np.moveaxis(last, -1, 0))
+    assert np.shares_memory(got, last)
+    np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="out must be float32"):
+        kernels.normalize(data, lo, hi, out=np.empty(data.shape, np.float64))
+    with pytest.raises(ValueError, match="out must be float32"):
+        kernels.normalize(data, lo, hi, out=np.empty((5, 4, 6, 6), np.float32))
+
+
 def test_barcode_discontinuity_is_zero_inside_and_high_between_codes():
     bc = np.zeros((2, 6, 12, 12), np.float32)
     bc[0, :, :, :6] = 1.0          # left half: code (1, 0)
