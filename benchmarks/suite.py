@@ -446,6 +446,7 @@ def _rss_child(sample_dir: str, out: str, block_shape: str) -> int:
     sys.stdout.write(json.dumps({
         "peak_by_step_mib": record.get("peak_rss_mib", {}),
         "peak_by_pass_mib": record.get("peak_rss_mib_by_pass", {}),
+        "rss_by_pass_mib": record.get("rss_mib_by_pass", {}),
         # VmHWM where available: ru_maxrss of a child starts at the parent's RSS (see above)
         "peak_rss_mib": hwm if hwm is not None else maxrss,
         "import_rss_mib": hwm_before if hwm_before is not None else maxrss_before,

@@ -56,6 +56,10 @@ def test_run_writes_every_output(finished_run):
         by_pass = record["peak_rss_mib_by_pass"]
         assert {"segment_evidence", "segment_relabel", "measure"} <= set(by_pass), sorted(by_pass)
         assert max(by_pass.values()) <= max(record["peak_rss_mib"].values()) + 0.1
+        spans = record["rss_mib_by_pass"]
+        assert set(spans) == set(by_pass)
+        for name, span in spans.items():
+            assert span["peak"] == by_pass[name] and max(span["start"], span["end"]) <= span["peak"] + 1.0, (name, span)
     labels = _labels(run)
     assert labels.dtype == np.uint64 and labels.max() > 0
     neurons = pd.read_parquet(run / "neurons.parquet")

@@ -382,6 +382,11 @@ def _run_locked(config: WorkflowConfig, run_dir: Path, progress: bool) -> Path:
         # each blockwise pass's own peak (this process's; the blocks' where they ran here)
         "peak_rss_mib_by_pass": {name: round(r["peak_mib"], 1) for name, r in pass_peaks().items()
                                  if r["peak_mib"] is not None},
+        # what was resident when each pass began and ended: its peak less its start is what its
+        # blocks added; a start that grows with the volume is memory held between passes
+        "rss_mib_by_pass": {name: {key: round(r[f"{key}_mib"], 1) for key in ("start", "peak", "end")}
+                            for name, r in pass_peaks().items()
+                            if None not in (r["start_mib"], r["peak_mib"], r["end_mib"])},
         "segment": seg_summary,
         "counts": {
             "neurons": int(len(connectome.neuron_table)),
