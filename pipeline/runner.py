@@ -32,10 +32,11 @@ import os
 import pickle
 import shutil
 import time
+from collections.abc import Sequence
 from concurrent.futures import CancelledError
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 from tqdm.auto import tqdm
 
@@ -46,7 +47,7 @@ from .errors import BlockError, PipelineError
 from .memory import track_peak, worker_heap_environ
 from .storage import crash_point, read_json, read_pickle, storage_error, write_json, write_pickle
 
-__all__ = ["Executor", "run_blockwise", "block_marker", "GPU_RESOURCE"]
+__all__ = ["Executor", "StoredSummaries", "run_blockwise", "block_marker", "GPU_RESOURCE"]
 
 log = logging.getLogger(__name__)
 
@@ -286,6 +287,37 @@ def _block_failed(name, block, retries, exc) -> BlockError:
     )
 
 
+class StoredSummaries(Sequence):
+    """The summaries of a finished pass, read from their done-markers one at a time.
+
+    What :func:`run_blockwise` returns with ``in_memory=False``: a sequence
+    in block order that holds only the marker paths, so a reduction over
+    millions of blocks (``for summary in summaries: ...``) keeps one summary
+    resident at a time, and may walk the sequence more than once. Each item
+    is read from disk again on every access.
+    """
+
+    def __init__(self, name: str, blocks: Sequence[Block], markers: Sequence[str]):
+        self.name = name
+        self._blocks = list(blocks)
+        self._markers = list(markers)
+
+    def __len__(self) -> int:
+        return len(self._markers)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        summary = _read_marker(self._markers[index])
+        if summary is _MISSING:
+            raise BlockError(f"step {self.name!r}: {self._blocks[index]} finished but its done-marker "
+                             f"{self._markers[index]} is missing or unreadable")
+        return summary
+
+    def __repr__(self) -> str:
+        return f"StoredSummaries({self.name!r}, {len(self)} blocks)"
+
+
 def run_blockwise(
     step: Callable[[Block], Any],
     blocks: Sequence[Block],
@@ -295,7 +327,8 @@ def run_blockwise(
     executor: Executor | None = None,
     params: dict | None = None,
     progress: bool = True,
-) -> list:
+    in_memory: bool = True,
+) -> list | StoredSummaries:
     """Run ``step`` on every block not yet done and return all summaries in block order.
 
     Parameters
@@ -315,10 +348,16 @@ def run_blockwise(
         done-markers are discarded.
     progress : bool
         Show a progress bar.
+    in_memory : bool
+        Return the summaries as a list (default). False returns a
+        :class:`StoredSummaries` that reads each one from its done-marker
+        when asked: for summaries whose total grows with the block count but
+        whose reduction does not (the codebook's votes), so the reduction
+        holds one block's summary at a time.
 
     Returns
     -------
-    list
+    list or StoredSummaries
         One summary per block, in the order of ``blocks``.
 
     Raises
@@ -334,9 +373,10 @@ def run_blockwise(
     summaries = {}
     for b in blocks:
         if os.path.exists(markers[b.id]):
+            # read even when not kept: an unreadable marker is removed and its block run again
             found = _read_marker(markers[b.id])
             if found is not _MISSING:
-                summaries[b.id] = found
+                summaries[b.id] = found if in_memory else None
     pending = [b for b in blocks if b.id not in summaries]
     done = len(blocks) - len(pending)
     if done:
@@ -364,6 +404,12 @@ def run_blockwise(
             _run_distributed(executor.client, step, pending, markers, name, retries, bar,
                              resources=executor.task_resources)
     log.info("%s: %d blocks in %.1f s", name, len(pending), time.perf_counter() - started)
+    if not in_memory:
+        missing = [b for b in blocks if not os.path.exists(markers[b.id])]
+        if missing:
+            raise BlockError(f"step {name!r}: {missing[0]} finished but its done-marker {markers[missing[0].id]} "
+                             "is missing")
+        return StoredSummaries(name, blocks, [markers[b.id] for b in blocks])
     out = []
     for b in blocks:
         if b.id not in summaries:

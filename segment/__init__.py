@@ -248,8 +248,11 @@ def segment_volume(volume: Volume, run_dir, config: SegmentConfig | None = None,
                    "min_brightness": config.code_min_brightness, "min_gap": config.code_min_gap}
     step = partial(evidence_step, volume_path=str(volume.path), plan=plan, evidence_path=ev_path,
                    barcodes_path=bc_path, device=device, **code_params)
+    # The votes carry up to SAMPLES_PER_BLOCK vectors per code from every block, so together they
+    # grow with the block count: they stay on disk, and the merge reads one block's at a time.
     votes = run_blockwise(step, blocks, name="segment_evidence", state_dir=state, executor=executor,
-                          params={"plan": plan.to_params(), **code_params, **geometry}, progress=progress)
+                          params={"plan": plan.to_params(), **code_params, **geometry}, progress=progress,
+                          in_memory=False)
     timings["evidence"] = time.perf_counter() - t
 
     codebook = None
@@ -268,9 +271,6 @@ def segment_volume(volume: Volume, run_dir, config: SegmentConfig | None = None,
         else:
             log.warning("%s: no barcode code found; using greedy agglomeration", volume.path)
         write_json(work / "codebook.json", codebook.to_dict())
-    # The votes carry up to SAMPLES_PER_BLOCK vectors per code from every block, so they grow
-    # with the block count; nothing after the codebook needs them.
-    del votes
 
     # Pass 2: fragments.
     t = time.perf_counter()

@@ -29,6 +29,7 @@ where they do not touch.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -177,26 +178,66 @@ def code_statistics(vectors: np.ndarray, *, min_gap: float = 2.0) -> dict:
             "sample_codes": sample_codes, "samples": samples}
 
 
-def merge_code_statistics(parts) -> dict:
-    """Sum the :func:`code_statistics` of several blocks (their samples: at most ``SAMPLES_PER_CODE`` per code)."""
-    parts = [p for p in parts if len(p["codes"])]
-    if not parts:
+def merge_code_statistics(parts: Sequence[dict]) -> dict:
+    """Sum the :func:`code_statistics` of several blocks (their samples: at most ``SAMPLES_PER_CODE`` per code).
+
+    A streaming reduction in two walks over ``parts``: the first adds up the
+    counts and unit sums and counts each code's samples, the second keeps the
+    samples at ``SAMPLES_PER_CODE`` evenly spaced ranks of each code (all of
+    them when a code has fewer), in block order. So it holds one block's
+    votes and the merged result at a time, never the votes of every block
+    (which grow with the block count), and ``parts`` may be a
+    :class:`~pipeline.runner.StoredSummaries` that reads each from disk.
+    The result equals summing the concatenated votes with ``np.add.at``,
+    bit for bit: each code's rows are added in block order.
+
+    Parameters
+    ----------
+    parts : sequence of dict
+        Block statistics in block order; walked twice.
+    """
+    counts: dict[int, int] = {}
+    sums: dict[int, np.ndarray] = {}
+    n_samples: dict[int, int] = {}
+    k = None
+    for part in parts:
+        if not len(part["codes"]):
+            continue
+        if k is None:
+            k = part["unit_sums"].shape[1]
+        for code, count, row in zip(part["codes"].tolist(), part["counts"].tolist(), part["unit_sums"]):
+            counts[code] = counts.get(code, 0) + count
+            sums[code] = sums[code] + row if code in sums else 0.0 + row
+        # block results written before samples existed (a resumed run) simply carry none
+        codes, m = np.unique(part.get("sample_codes", np.zeros(0, np.int64)), return_counts=True)
+        for code, count in zip(codes.tolist(), m.tolist()):
+            n_samples[code] = n_samples.get(code, 0) + count
+    if k is None:
         return _empty_statistics(0)
-    k = parts[0]["unit_sums"].shape[1]
-    codes = np.concatenate([p["codes"] for p in parts])
-    counts = np.concatenate([p["counts"] for p in parts])
-    sums = np.concatenate([p["unit_sums"] for p in parts])
-    values, inverse = np.unique(codes, return_inverse=True)
-    total = np.zeros(len(values), np.int64)
-    np.add.at(total, inverse, counts)
-    total_sums = np.zeros((len(values), sums.shape[1]))
-    np.add.at(total_sums, inverse, sums)
-    # Block results written before samples existed (a resumed run) simply carry none.
-    sample_codes = np.concatenate([p.get("sample_codes", np.zeros(0, np.int64)) for p in parts])
-    samples = np.concatenate([p.get("samples", np.zeros((0, k), np.float32)) for p in parts])
-    sample_codes, samples = _samples_per_code(sample_codes, samples, SAMPLES_PER_CODE)
-    return {"codes": values, "counts": total, "unit_sums": total_sums, "sample_codes": sample_codes,
-            "samples": samples}
+    values = np.array(sorted(counts), np.int64)
+    # ranks of the kept samples within each code, and how many of the code's samples came before
+    chosen = {code: _evenly(n, SAMPLES_PER_CODE) for code, n in n_samples.items()}
+    seen = dict.fromkeys(n_samples, 0)
+    kept_codes, kept_samples = [], []
+    if n_samples:
+        for part in parts:
+            sample_codes = part.get("sample_codes", np.zeros(0, np.int64))
+            if not len(part["codes"]) or not len(sample_codes):
+                continue
+            keep = np.zeros(len(sample_codes), bool)
+            for code in np.unique(sample_codes).tolist():
+                where = np.flatnonzero(sample_codes == code)
+                ranks = seen[code] + np.arange(len(where))
+                pick = chosen[code]
+                at = np.minimum(np.searchsorted(pick, ranks), len(pick) - 1)
+                keep[where[pick[at] == ranks]] = True
+                seen[code] += len(where)
+            kept_codes.append(np.asarray(sample_codes[keep], np.int64))
+            kept_samples.append(np.asarray(part["samples"][keep], np.float32))
+    return {"codes": values, "counts": np.array([counts[c] for c in values.tolist()], np.int64),
+            "unit_sums": np.stack([sums[c] for c in values.tolist()]).astype(np.float64),
+            "sample_codes": np.concatenate(kept_codes) if kept_codes else np.zeros(0, np.int64),
+            "samples": np.concatenate(kept_samples) if kept_samples else np.zeros((0, k), np.float32)}
 
 
 def split_code(samples: np.ndarray, *, min_distance: float, min_fraction: float = 0.15,

@@ -1,6 +1,7 @@
 """run_blockwise: every block once, summaries back in order, resume, retries, errors name the block."""
 
 import functools
+import re
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ import zarr
 
 from pipeline import BlockError, BlockGrid, ComputeConfig, Executor, run_blockwise
 from pipeline.memory import worker_heap_environ
-from pipeline.runner import block_marker
+from pipeline.runner import StoredSummaries, block_marker
 
 
 def _double_block(block, source, target):
@@ -72,6 +73,22 @@ def test_rerun_resumes_and_skips_done_blocks(tmp_path, arrays):
     calls.clear()
     run_blockwise(counting, blocks, name="double", state_dir=tmp_path / "s", progress=False)
     assert calls == []
+
+
+def test_summaries_can_stay_on_disk(tmp_path, arrays):
+    data, source, target = arrays
+    blocks = list(BlockGrid(data.shape, (4, 10, 10), chunks=(4, 5, 5)))
+    step = functools.partial(_double_block, source=source, target=target)
+    # half the blocks done before (a resumed run), so both the found and the new markers are read back
+    run_blockwise(step, blocks[::2], name="double", state_dir=tmp_path / "s", progress=False)
+    stored = run_blockwise(step, blocks, name="double", state_dir=tmp_path / "s", progress=False, in_memory=False)
+    assert isinstance(stored, StoredSummaries) and len(stored) == len(blocks)
+    in_memory = run_blockwise(step, blocks, name="double", state_dir=tmp_path / "s", progress=False)
+    assert list(stored) == in_memory == list(stored), "walked twice, read from disk each time"
+    assert stored[-1] == in_memory[-1] and stored[1:3] == in_memory[1:3]
+    block_marker(tmp_path / "s", "double", blocks[2]).unlink()
+    with pytest.raises(BlockError, match=re.escape(f"{blocks[2]} finished but its done-marker")):
+        list(stored)
 
 
 def test_changed_parameters_recompute(tmp_path, arrays):

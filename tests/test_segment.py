@@ -261,6 +261,69 @@ def test_codebook_drops_mixtures_and_groups_near_codes():
     assert codebook_from_statistics(stats, min_support=10_000).n_identities == 0
 
 
+def _merge_in_memory(parts, at_most):
+    """The merge as one concatenation (np.add.at over every block's votes): the reference."""
+    parts = [p for p in parts if len(p["codes"])]
+    k = parts[0]["unit_sums"].shape[1]
+    codes = np.concatenate([p["codes"] for p in parts])
+    values, inverse = np.unique(codes, return_inverse=True)
+    counts = np.zeros(len(values), np.int64)
+    np.add.at(counts, inverse, np.concatenate([p["counts"] for p in parts]))
+    sums = np.zeros((len(values), k))
+    np.add.at(sums, inverse, np.concatenate([p["unit_sums"] for p in parts]))
+    sample_codes = np.concatenate([p.get("sample_codes", np.zeros(0, np.int64)) for p in parts])
+    samples = np.concatenate([p.get("samples", np.zeros((0, k), np.float32)) for p in parts])
+    keep = [np.flatnonzero(sample_codes == c) for c in np.unique(sample_codes)]
+    keep = np.sort(np.concatenate([w if len(w) <= at_most else w[np.linspace(0, len(w) - 1, at_most).round().astype(int)]
+                                   for w in keep])) if keep else np.zeros(0, int)
+    return {"codes": values, "counts": counts, "unit_sums": sums, "sample_codes": sample_codes[keep],
+            "samples": samples[keep]}
+
+
+class _CountingParts:
+    """A sequence of block statistics built on each access (as StoredSummaries reads them), counting reads."""
+
+    def __init__(self, seeds, k):
+        self.seeds, self.k, self.reads = seeds, k, 0
+
+    def __len__(self):
+        return len(self.seeds)
+
+    def __getitem__(self, i):
+        seed = self.seeds[i]
+        self.reads += 1
+        rng = np.random.default_rng(seed)
+        if seed % 7 == 3:                                   # a block without any confident voxel
+            return code_statistics(np.zeros((0, self.k)))
+        n = int(rng.integers(50, 3000))
+        on = rng.random((6, self.k)) < 0.5                  # six "neurons", random binary codes
+        which = rng.integers(0, 6, n)
+        vectors = np.where(on[which], rng.uniform(0.5, 1.5, (n, self.k)), rng.uniform(0, 0.05, (n, self.k)))
+        stats = code_statistics(vectors)
+        if seed % 7 == 5:                                   # written before samples existed
+            stats = {key: stats[key] for key in ("codes", "counts", "unit_sums")}
+        return stats
+
+
+@pytest.mark.parametrize("at_most", [5, 300, 4096])
+def test_merge_code_statistics_streams_and_equals_the_concatenated_merge(monkeypatch, at_most):
+    import segment.codebook as codebook
+
+    monkeypatch.setattr(codebook, "SAMPLES_PER_CODE", at_most)
+    parts = _CountingParts(list(range(40)), k=5)
+    merged = merge_code_statistics(parts)
+    assert parts.reads == 2 * len(parts), "two walks, one block at a time"
+    reference = _merge_in_memory([parts[i] for i in range(len(parts))], at_most)
+    assert merged.keys() == reference.keys()
+    for key in merged:
+        assert merged[key].dtype == reference[key].dtype, key
+        np.testing.assert_array_equal(merged[key], reference[key], err_msg=key)
+    if at_most == 5:
+        assert np.bincount(np.unique(merged["sample_codes"], return_inverse=True)[1]).max() == 5
+    assert merge_code_statistics([code_statistics(np.zeros((0, 3)))])["codes"].size == 0
+    assert merge_code_statistics([])["samples"].shape == (0, 0)
+
+
 def test_codebook_splits_a_code_shared_by_two_expression_levels():
     # Two neurons with code 0b0111 but different levels (a collision), one neuron
     # with code 0b1100 whose levels vary as much as noise: only the collision splits.
