@@ -271,6 +271,8 @@ def segment_volume(volume: Volume, run_dir, config: SegmentConfig | None = None,
         else:
             log.warning("%s: no barcode code found; using greedy agglomeration", volume.path)
         write_json(work / "codebook.json", codebook.to_dict())
+    # on disk, but its marker paths are one per block too
+    del votes
 
     # Pass 2: fragments.
     t = time.perf_counter()
