@@ -9,6 +9,7 @@ from segment import kernels
 from segment.agglomerate import EdgeTable, FragmentTable, agglomerate, proximity_links
 from segment.blockwise import contact_edges
 from segment.codebook import (
+    _samples_per_code,
     assign_codes,
     code_statistics,
     codebook_from_statistics,
@@ -273,11 +274,8 @@ def _merge_in_memory(parts, at_most):
     np.add.at(sums, inverse, np.concatenate([p["unit_sums"] for p in parts]))
     sample_codes = np.concatenate([p.get("sample_codes", np.zeros(0, np.int64)) for p in parts])
     samples = np.concatenate([p.get("samples", np.zeros((0, k), np.float32)) for p in parts])
-    keep = [np.flatnonzero(sample_codes == c) for c in np.unique(sample_codes)]
-    keep = np.sort(np.concatenate([w if len(w) <= at_most else w[np.linspace(0, len(w) - 1, at_most).round().astype(int)]
-                                   for w in keep])) if keep else np.zeros(0, int)
-    return {"codes": values, "counts": counts, "unit_sums": sums, "sample_codes": sample_codes[keep],
-            "samples": samples[keep]}
+    sample_codes, samples = _samples_per_code(sample_codes, samples, at_most)
+    return {"codes": values, "counts": counts, "unit_sums": sums, "sample_codes": sample_codes, "samples": samples}
 
 
 class _CountingParts:
