@@ -326,6 +326,8 @@ def gaussian(image, sigma, *, order=0, mode: str = "reflect", cval: float = 0.0,
         Explicit kernel radius per axis (overrides ``truncate``).
     output : ndarray, optional
         Where to write (same shape; float32 or float64); a new array by default.
+        May be ``image`` itself: the filter then goes through small scratch
+        tiles and planes, with the same result bit for bit.
 
     Returns
     -------

@@ -596,7 +596,10 @@ def _blur_channels(images, sigma, out) -> None:
 
 
 def _blur_channels_last(images, sigma, out) -> None:
-    """The PSF blur of each channel of host ``images`` (z, y, x, c) into ``out``: one call, OpenCV's channels."""
+    """The PSF blur of each channel of host ``images`` (z, y, x, c) into ``out``: one call, OpenCV's channels.
+
+    ``out`` may be ``images`` itself (the same bits, :func:`pipeline.filters.gaussian`).
+    """
     if images.shape[-1] == 1:
         gaussian(images[..., 0], sigma, truncate=PSF_TRUNCATE, mode="reflect", output=out[..., 0])
     else:
@@ -666,12 +669,15 @@ def _fit_on_host(obs, slots, table, sigma, iterations: int, beta_, floor_, kerne
     flat_slots = slots.reshape(slots.shape[0], -1)
     index = np.int32 if flat_slots.shape[1] < np.iinfo(np.int32).max else np.int64
     # ``start`` holds each iteration's start, then (updated in place) its result; ``previous`` the
-    # estimate before it, then the next iteration's start (one value per entry). ``mixed`` holds
-    # the mixture, then the blurred ratio; ``model`` the blurred mixture, then the ratio.
+    # estimate before it, then the next iteration's start (one value per entry). One channel
+    # buffer, ``work``, holds the mixture, the model (the mixture blurred in place), the ratio
+    # and the blurred ratio in turn: the blurs give the same bits in place (pipeline.filters
+    # filters through scratch tiles), and each buffer is 4 x channels bytes per voxel of the
+    # read region, the fit's largest allocation after its entries.
     voxel, slot, label, start = gather(flat_slots, index)
     previous = start.copy()
     obs_last = np.ascontiguousarray(np.moveaxis(obs, 0, -1), dtype=np.float32)
-    mixed, model = np.empty(obs_last.shape, np.float32), np.empty(obs_last.shape, np.float32)
+    work = np.empty(obs_last.shape, np.float32)
     host_table = np.ascontiguousarray(table, dtype=np.float32)
 
     def rows(a):                         # (z, y, x, c) C-contiguous -> (voxels, c), a view
@@ -679,23 +685,23 @@ def _fit_on_host(obs, slots, table, sigma, iterations: int, beta_, floor_, kerne
 
     n = voxel.shape[0]
     if iterations > 0:
-        mix(voxel, label, start, host_table, rows(mixed))
+        mix(voxel, label, start, host_table, rows(work))
     for i in range(iterations):
-        _blur_channels_last(mixed, sigma, model)
-        ratio(obs_last.reshape(1, -1), model.reshape(1, -1), beta_, floor_)
-        _blur_channels_last(model, sigma, mixed)
+        _blur_channels_last(work, sigma, work)
+        ratio(obs_last.reshape(1, -1), work.reshape(1, -1), beta_, floor_)
+        _blur_channels_last(work, sigma, work)
         if i + 1 == iterations:
-            update(voxel[:n], label[:n], start[:n], host_table, rows(mixed))
+            update(voxel[:n], label[:n], start[:n], host_table, rows(work))
             break
         # iteration i + 1's Nesterov factor, (j - 1) / (j + 2) with j = i + 1
-        zeros = step(voxel[:n], label[:n], start[:n], previous[:n], host_table, rows(mixed),
+        zeros = step(voxel[:n], label[:n], start[:n], previous[:n], host_table, rows(work),
                      np.float32(i / (i + 3)))
         start, previous = previous, start
         if zeros > COMPACT_FRACTION * n:
             n = compact(voxel[:n], slot[:n], label[:n], start[:n], previous[:n])
             if 2 * n <= voxel.shape[0]:      # give the memory back
                 voxel, slot, label, start, previous = (a[:n].copy() for a in (voxel, slot, label, start, previous))
-    del mixed, model, previous
+    del work, previous
     out = np.zeros(flat_slots.shape, np.float32)
     scatter(voxel[:n], slot[:n], start[:n], out)
     return out.reshape(slots.shape)
