@@ -304,10 +304,12 @@ def segment_volume(volume: Volume, run_dir, config: SegmentConfig | None = None,
         np.savez(f, keys=fragments.ids, values=neuron_of)
     if plan.barcodes:
         _write_neuron_barcodes(work / NEURON_BARCODES, fragments, neuron_of)
-    n_edges = int(len(edges))
-    # The edges grow with the volume and only the lookup table needed them: free them before
-    # the relabel pass, whose blocks (with the contact pass) need the most memory.
-    del edges
+    n_edges, n_fragments = int(len(edges)), int(len(fragments))
+    lut_digest = array_digest(fragments.ids, neuron_of)
+    # The edge and fragment tables grow with the volume and only the lookup table (on disk now)
+    # needed them: free them before the relabel pass, whose blocks (with the contact pass) need
+    # the most memory.
+    del edges, fragments
     timings["agglomerate"] = time.perf_counter() - t
 
     # Pass 4: relabel into RUN/labels.zarr/neurons.
@@ -333,7 +335,7 @@ def segment_volume(volume: Volume, run_dir, config: SegmentConfig | None = None,
     contact_halo = list(config.contact_halo_voxels(volume.voxel_size)) if contact_pass else None
     relabel_blocks = blocks if contact_halo is None else list(
         BlockGrid(volume.spatial_shape, grid.block_shape, halo=contact_halo, chunks=grid.chunks))
-    relabel_params = {"lut": array_digest(fragments.ids, neuron_of),
+    relabel_params = {"lut": lut_digest,
                       "contact_pass": plan.to_params() if contact_pass else None,
                       "contact_halo": contact_halo, **geometry}
     relabelled = run_blockwise(step, relabel_blocks, name="segment_relabel", state_dir=state, executor=executor,
@@ -342,7 +344,7 @@ def segment_volume(volume: Volume, run_dir, config: SegmentConfig | None = None,
     timings["total"] = time.perf_counter() - t0
 
     summary = {
-        "n_fragments": int(len(fragments)),
+        "n_fragments": n_fragments,
         "n_edges": n_edges,
         "n_neurons": int(info["n_neurons"]),
         "threshold": stats["threshold"],

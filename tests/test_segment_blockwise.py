@@ -341,7 +341,7 @@ def test_contact_halo_config():
 
 
 def test_relabel_pass_does_not_hold_the_per_block_tables(scene, whole, monkeypatch):
-    """Votes, block summaries and edges grow with the block count: freed before the relabel pass.
+    """Votes, block summaries, edges and fragments grow with the block count: freed before the relabel pass.
 
     The relabel pass (with the contact pass) has the largest block working set,
     so what the client still holds then adds to the run's peak memory.
@@ -362,9 +362,9 @@ def test_relabel_pass_does_not_hold_the_per_block_tables(scene, whole, monkeypat
     folder, _, _ = whole
     summary, _ = _segment(folder, scene, (24, 32, 32), name="held_tables")
     assert held, "the relabel pass did not run"
-    assert {"votes", "summaries", "edges", "links"}.isdisjoint(held), sorted(held)
-    assert "fragments" in held                            # the probe sees the real frame
-    assert summary["n_edges"] > 0
+    assert {"votes", "summaries", "edges", "links", "fragments"}.isdisjoint(held), sorted(held)
+    assert "neuron_of" in held                            # the probe sees the real frame
+    assert summary["n_edges"] > 0 and summary["n_fragments"] > 0
 
 
 def test_agglomeration_in_a_child_process_gives_the_same_labels(scene, whole):
