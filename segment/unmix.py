@@ -169,46 +169,53 @@ def _host_kernels(numba):
 def _host_entry_kernels(numba):
     """Numba kernels of the host fit on its entry list (:func:`_fit_on_host`), or None without numba.
 
-    The entries are the occupied slots sorted by voxel (and by slot within a
-    voxel): ``voxel`` (flat index), ``slot``, ``label`` and one abundance
-    array per buffer of the fit. The channel buffers are (voxels, c): a
-    voxel's channels are one row. Returns ``(gather, mix, step, update,
-    compact, scatter)``.
+    The entries are the occupied slots, voxel by voxel (and slot by slot
+    within a voxel), stored as a compressed row list: voxel ``v``'s entries
+    are ``offsets[v]:offsets[v + 1]``; each has its ``slot`` (its neuron is
+    ``slots[slot, v]``, read from the slot planes) and one abundance per
+    buffer of the fit. Per entry that is 9 bytes instead of 15 with a voxel
+    index and a label of its own, which matters because at the start of a
+    fit there are about four entries per voxel of the read region. The
+    channel buffers are (voxels, c): a voxel's channels are one row.
+    Returns ``(gather, mix, step, update, compact, scatter)``.
     """
 
     @numba.njit(cache=True, nogil=True)
     def gather(slots, index_dtype):
-        # (slots, voxels) planes -> entries, voxel by voxel, each abundance starting at 1
+        # (slots, voxels) planes -> (offsets, slot, value), each abundance starting at 1
         n_slots, n_vox = slots.shape
         total = 0
         for k in range(n_slots):
             for v in range(n_vox):
                 if slots[k, v] != 0:
                     total += 1
-        voxel = np.empty(total, index_dtype)
+        offsets = np.empty(n_vox + 1, index_dtype)
         slot = np.empty(total, np.uint8)
-        label = np.empty(total, slots.dtype)
         value = np.empty(total, np.float32)
         e = 0
         for v in range(n_vox):
+            offsets[v] = e
             for k in range(n_slots):
                 if slots[k, v] != 0:
-                    voxel[e], slot[e], label[e], value[e] = v, k, slots[k, v], 1.0
+                    slot[e], value[e] = k, 1.0
                     e += 1
-        return voxel, slot, label, value
+        offsets[n_vox] = e
+        return offsets, slot, value
 
     @numba.njit(cache=True, nogil=True)
-    def mix(voxel, label, value, table, out):
+    def mix(offsets, slot, slots, value, table, out):
         # out[v] := sum over v's entries of table[label] * value, in slot order
-        out[...] = 0.0
         n_ch = table.shape[1]
-        for e in range(voxel.shape[0]):
-            v, lab, a = voxel[e], label[e], value[e]
+        for v in range(out.shape[0]):
             for ch in range(n_ch):
-                out[v, ch] += table[lab, ch] * a
+                out[v, ch] = 0.0
+            for e in range(offsets[v], offsets[v + 1]):
+                lab, a = slots[slot[e], v], value[e]
+                for ch in range(n_ch):
+                    out[v, ch] += table[lab, ch] * a
 
     @numba.njit(cache=True, nogil=True)
-    def step(voxel, label, start, u, table, ratio_mixed, factor):
+    def step(offsets, slot, slots, start, u, table, ratio_mixed, factor):
         # One iteration's update followed by the next iteration's extrapolation and mixture:
         # start := the new estimate, u := the next start (from the new estimate and u, the one
         # before), ratio_mixed (rows: voxels) := the next start's mixture, 0 in voxels without
@@ -216,18 +223,11 @@ def _host_entry_kernels(numba):
         n_vox, n_ch = ratio_mixed.shape
         scale = np.float32(1.0 / n_ch)
         mixture = np.empty(n_ch, np.float32)
-        n = voxel.shape[0]
         zero = 0
-        e = 0
-        done = 0                       # rows before this one are written
-        while e < n:
-            v = voxel[e]
-            for w in range(done, v):
-                for ch in range(n_ch):
-                    ratio_mixed[w, ch] = 0.0
+        for v in range(n_vox):
             mixture[:] = 0.0
-            while e < n and voxel[e] == v:
-                lab = label[e]
+            for e in range(offsets[v], offsets[v + 1]):
+                lab = slots[slot[e], v]
                 acc = np.float32(0.0)
                 for ch in range(n_ch):
                     acc += table[lab, ch] * ratio_mixed[v, ch]
@@ -240,42 +240,44 @@ def _host_entry_kernels(numba):
                 u[e] = following
                 for ch in range(n_ch):
                     mixture[ch] += table[lab, ch] * following
-                e += 1
             for ch in range(n_ch):
                 ratio_mixed[v, ch] = mixture[ch]
-            done = v + 1
-        for w in range(done, n_vox):
-            for ch in range(n_ch):
-                ratio_mixed[w, ch] = 0.0
         return zero
 
     @numba.njit(cache=True, nogil=True)
-    def update(voxel, label, start, table, ratio):
+    def update(offsets, slot, slots, start, table, ratio):
         # the last iteration's update alone, in place
         n_ch = table.shape[1]
         scale = np.float32(1.0 / n_ch)
-        for e in range(voxel.shape[0]):
-            v, lab = voxel[e], label[e]
-            acc = np.float32(0.0)
-            for ch in range(n_ch):
-                acc += table[lab, ch] * ratio[v, ch]
-            start[e] = acc * scale * start[e]
+        for v in range(ratio.shape[0]):
+            for e in range(offsets[v], offsets[v + 1]):
+                lab = slots[slot[e], v]
+                acc = np.float32(0.0)
+                for ch in range(n_ch):
+                    acc += table[lab, ch] * ratio[v, ch]
+                start[e] = acc * scale * start[e]
 
     @numba.njit(cache=True, nogil=True)
-    def compact(voxel, slot, label, start, u):
-        # keep the entries not zero in both buffers, in order; returns how many
+    def compact(offsets, slot, start, u):
+        # keep the entries not zero in both buffers, in order (offsets rewritten); returns how many
         kept = 0
-        for e in range(voxel.shape[0]):
-            if start[e] != 0.0 or u[e] != 0.0:
-                voxel[kept], slot[kept], label[kept] = voxel[e], slot[e], label[e]
-                start[kept], u[kept] = start[e], u[e]
-                kept += 1
+        first = offsets[0]
+        for v in range(offsets.shape[0] - 1):
+            last = offsets[v + 1]
+            offsets[v] = kept
+            for e in range(first, last):
+                if start[e] != 0.0 or u[e] != 0.0:
+                    slot[kept], start[kept], u[kept] = slot[e], start[e], u[e]
+                    kept += 1
+            first = last
+        offsets[offsets.shape[0] - 1] = kept
         return kept
 
     @numba.njit(cache=True, nogil=True)
-    def scatter(voxel, slot, value, out):
-        for e in range(voxel.shape[0]):
-            out[slot[e], voxel[e]] = value[e]
+    def scatter(offsets, slot, value, out):
+        for v in range(offsets.shape[0] - 1):
+            for e in range(offsets[v], offsets[v + 1]):
+                out[slot[e], v] = value[e]
 
     return (gather, mix, step, update, compact, scatter)
 
@@ -349,7 +351,7 @@ def _host_grow_kernel(numba):
 def _host_smooth_kernels(numba):
     """Numba ``(bucket, gather, scatter)``: each neuron's slot entries, and its abundances in a box.
 
-    ``bucket(slots, n, reach)`` sorts the (slot, voxel) entries of ``slots``
+    ``bucket(slots, n, reach, index_dtype)`` sorts the (slot, voxel) entries of ``slots``
     (s, z, y, x) by neuron ``i`` in 1..n: ``entries[starts[i]:starts[i + 1]]``
     are the flat indices ``k * voxels + voxel`` of its slots and ``offsets``
     the same entries' flat indices in its box, which is its bounding box grown
@@ -360,11 +362,13 @@ def _host_smooth_kernels(numba):
     of a voxel, so both equal the array path's masked sum and ``where``; each
     visits only the neuron's own entries, where a scan of its box would visit
     every slot of every voxel in it (the boxes of a demo block sum to 21
-    times the block).
+    times the block). Both index arrays are ``index_dtype``: int32 unless
+    ``slots`` has 2**31 elements, so 8 bytes per entry where int64 took 16
+    (about four entries per voxel of a read region).
     """
 
     @numba.njit(cache=True, nogil=True)
-    def bucket(slots, n, reach):
+    def bucket(slots, n, reach, index_dtype):
         n_slots, dz, dy, dx = slots.shape
         counts = np.zeros(n + 1, np.int64)
         lo = np.full((n + 1, 3), np.iinfo(np.int64).max, np.int64)
@@ -390,8 +394,8 @@ def _host_smooth_kernels(numba):
                 for a in range(3):
                     corners[i, a] = max(lo[i, a] - reach[a], 0)
                     stops[i, a] = min(hi[i, a] + 1 + reach[a], limits[a])
-        entries = np.empty(starts[n + 1], np.int64)
-        offsets = np.empty(starts[n + 1], np.int64)
+        entries = np.empty(starts[n + 1], index_dtype)
+        offsets = np.empty(starts[n + 1], index_dtype)
         fill = starts.copy()
         voxels = dz * dy * dx
         for k in range(n_slots):
@@ -667,14 +671,14 @@ def _fit_on_host(obs, slots, table, sigma, iterations: int, beta_, floor_, kerne
     gather, mix, step, update, compact, scatter = _host_entry_kernels()
     c = obs.shape[0]
     flat_slots = slots.reshape(slots.shape[0], -1)
-    index = np.int32 if flat_slots.shape[1] < np.iinfo(np.int32).max else np.int64
+    index = np.int32 if flat_slots.size < np.iinfo(np.int32).max else np.int64
     # ``start`` holds each iteration's start, then (updated in place) its result; ``previous`` the
     # estimate before it, then the next iteration's start (one value per entry). One channel
     # buffer, ``work``, holds the mixture, the model (the mixture blurred in place), the ratio
     # and the blurred ratio in turn: the blurs give the same bits in place (pipeline.filters
     # filters through scratch tiles), and each buffer is 4 x channels bytes per voxel of the
     # read region, the fit's largest allocation after its entries.
-    voxel, slot, label, start = gather(flat_slots, index)
+    offsets, slot, start = gather(flat_slots, index)
     previous = start.copy()
     obs_last = np.ascontiguousarray(np.moveaxis(obs, 0, -1), dtype=np.float32)
     work = np.empty(obs_last.shape, np.float32)
@@ -683,27 +687,26 @@ def _fit_on_host(obs, slots, table, sigma, iterations: int, beta_, floor_, kerne
     def rows(a):                         # (z, y, x, c) C-contiguous -> (voxels, c), a view
         return a.reshape(-1, c)
 
-    n = voxel.shape[0]
+    n = slot.shape[0]
     if iterations > 0:
-        mix(voxel, label, start, host_table, rows(work))
+        mix(offsets, slot, flat_slots, start, host_table, rows(work))
     for i in range(iterations):
         _blur_channels_last(work, sigma, work)
         ratio(obs_last.reshape(1, -1), work.reshape(1, -1), beta_, floor_)
         _blur_channels_last(work, sigma, work)
         if i + 1 == iterations:
-            update(voxel[:n], label[:n], start[:n], host_table, rows(work))
+            update(offsets, slot, flat_slots, start, host_table, rows(work))
             break
         # iteration i + 1's Nesterov factor, (j - 1) / (j + 2) with j = i + 1
-        zeros = step(voxel[:n], label[:n], start[:n], previous[:n], host_table, rows(work),
-                     np.float32(i / (i + 3)))
+        zeros = step(offsets, slot, flat_slots, start, previous, host_table, rows(work), np.float32(i / (i + 3)))
         start, previous = previous, start
         if zeros > COMPACT_FRACTION * n:
-            n = compact(voxel[:n], slot[:n], label[:n], start[:n], previous[:n])
-            if 2 * n <= voxel.shape[0]:      # give the memory back
-                voxel, slot, label, start, previous = (a[:n].copy() for a in (voxel, slot, label, start, previous))
+            n = compact(offsets, slot, start, previous)
+            if 2 * n <= slot.shape[0]:       # give the memory back
+                slot, start, previous = (a[:n].copy() for a in (slot, start, previous))
     del work, previous
     out = np.zeros(flat_slots.shape, np.float32)
-    scatter(voxel[:n], slot[:n], start[:n], out)
+    scatter(offsets, slot, start, out)
     return out.reshape(slots.shape)
 
 
@@ -837,23 +840,22 @@ def _smooth_on_host(out, slots, sigma, reach, truncate: float, kernels):
     bucket, gather, scatter = kernels
     work = np.ascontiguousarray(out)        # the entries index the flat (slot, voxel) raster
     flat_out = work.reshape(-1)
+    index = np.int32 if slots.size < np.iinfo(np.int32).max else np.int64
     starts, entries, offsets, corners, stops = bucket(np.ascontiguousarray(slots), int(slots.max()),
-                                                      np.asarray(reach, np.int64))
+                                                      np.asarray(reach, np.int64), index)
     neurons = [i for i in range(1, len(starts) - 1) if starts[i + 1] > starts[i]]
-    # every neuron's box and its blur in two buffers of the largest box (views of their starts):
-    # a fresh pair per neuron would be fresh memory to fault in, per neuron
+    # every neuron's box, blurred in place (the same bits), in one buffer of the largest box (a view
+    # of its start): a fresh one per neuron would be fresh memory to fault in, per neuron
     largest = max((int(np.prod(stops[i] - corners[i])) for i in neurons), default=0)
-    dense_buffer, blurred_buffer = np.empty(largest, out.dtype), np.empty(largest, out.dtype)
+    dense_buffer = np.empty(largest, out.dtype)
     for i in neurons:
         box_shape = tuple(int(v) for v in stops[i] - corners[i])
-        size = int(np.prod(box_shape))
-        dense, blurred = dense_buffer[:size], blurred_buffer[:size]
+        dense = dense_buffer[:int(np.prod(box_shape))]
         dense[...] = 0.0
         mine = slice(starts[i], starts[i + 1])
         gather(entries[mine], offsets[mine], flat_out, dense)
-        gaussian(dense.reshape(box_shape), sigma, truncate=truncate, mode="reflect",
-                 output=blurred.reshape(box_shape))
-        scatter(entries[mine], offsets[mine], blurred, flat_out)
+        gaussian(dense.reshape(box_shape), sigma, truncate=truncate, mode="reflect", output=dense.reshape(box_shape))
+        scatter(entries[mine], offsets[mine], dense, flat_out)
     if work is not out:
         out[...] = work
     return out

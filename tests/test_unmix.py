@@ -380,8 +380,8 @@ def test_core_barcodes_average_away_from_contacts_and_fall_back_when_small():
 def test_abundance_fit_holds_two_estimates_and_no_copy_of_the_observation(engine):
     """Working memory of the fit: per voxel, the mixture and the model (float32 per channel; the
     host fit keeps both in one buffer, blurred in place), the occupancy and the result; per used
-    slot (xp) or occupied slot (the host fit's entries: also its voxel index, slot and label), two
-    float32 estimates. A channels-last observation, as the
+    slot (xp) or occupied slot (the host fit's entries: also their slot, and per voxel an offset
+    into them), two float32 estimates. A channels-last observation, as the
     pipeline passes it, is not copied. The fit is the pass's largest allocation, and blocks run
     it on whole read regions."""
     import tracemalloc
@@ -409,8 +409,9 @@ def test_abundance_fit_holds_two_estimates_and_no_copy_of_the_observation(engine
         # never all of them at once
         budget = voxels * (2 * 4 * used + 2 * 4 * c + len(slots) + used + 3 * 4 + 4 * len(slots) + 16)
     else:
-        budget = (voxels * (4 * c + len(slots) + 4 * used + 4 * len(slots) + 16)
-                  + entries * (2 * 4 + 4 + 1 + slots.itemsize))
+        # entries: two estimates and a slot each; the voxels' entry offsets
+        budget = (voxels * (4 * c + len(slots) + 4 * used + 4 * len(slots) + 16 + 4)
+                  + entries * (2 * 4 + 1))
     assert u.shape == slots.shape
     assert peak < budget, f"peak {peak / voxels:.0f} B per voxel, budget {budget / voxels:.0f}"
 
@@ -478,6 +479,30 @@ def test_smoothing_engines_agree_bit_for_bit(seed):
     np.testing.assert_array_equal(strided, plain)
     with pytest.raises(ValueError, match="engine"):
         smooth_abundances(u, slots, (0.5, 0.8, 0.8), engine="numba")
+
+
+def test_host_smoothing_in_place_holds_eight_bytes_per_entry_and_one_box():
+    """Working memory of the host smoothing in place: the occupancy mask, the neurons' entries
+    (two 32-bit indices each) and one buffer of the largest box, blurred in place. It runs on
+    whole read regions right after the fit, with about four entries per voxel."""
+    pytest.importorskip("numba")
+    import tracemalloc
+
+    labels = np.zeros((16, 48, 48), np.uint32)
+    labels[:, :24] = 1
+    labels[:, 24:] = 2
+    labels[:, 12:36, 12:36] = 3
+    labels[4:12, 20:28, :] = 4
+    slots, _ = candidate_slots(labels, 2)
+    u = (np.random.default_rng(3).random(slots.shape) * (slots > 0)).astype(np.float32)
+    smooth_abundances(u.copy(), slots, (0.5, 0.8, 0.8), out=None)        # compiled before measuring
+    entries, voxels = int((slots > 0).sum()), labels.size
+    tracemalloc.start()
+    smooth_abundances(u, slots, (0.5, 0.8, 0.8), out=u)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    budget = voxels * len(slots) + entries * 8 + voxels * 4 + 64 * 1024
+    assert peak < budget, f"peak {peak / entries:.1f} B per entry, budget {budget / entries:.1f}"
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
