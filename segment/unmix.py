@@ -702,8 +702,10 @@ def _fit_on_host(obs, slots, table, sigma, iterations: int, beta_, floor_, kerne
         start, previous = previous, start
         if zeros > COMPACT_FRACTION * n:
             n = compact(offsets, slot, start, previous)
-            if 2 * n <= slot.shape[0]:       # give the memory back
-                slot, start, previous = (a[:n].copy() for a in (slot, start, previous))
+            if 2 * n <= slot.shape[0]:       # give the memory back, one array at a time (a lower peak)
+                slot = slot[:n].copy()
+                start = start[:n].copy()
+                previous = previous[:n].copy()
     del work, previous
     out = np.zeros(flat_slots.shape, np.float32)
     scatter(offsets, slot, start, out)
