@@ -299,18 +299,31 @@ def global_statistics(volume: Volume, channels: Sequence[int], fill: Sequence[in
 # Pass 1: evidence (and codebook votes)
 # ---------------------------------------------------------------------------
 def _normalised_inputs(raw, plan: FragmentPlan):
-    """Split the read (c, z, y, x) array into normalised fill, barcodes and membrane."""
+    """Split the read (c, z, y, x) array into normalised fill, barcodes and membrane.
+
+    Each group is normalised on its own (the same values as all channels at
+    once), so the barcodes are an array of their own: no view keeps the
+    fill and membrane channels alive beside them.
+    """
     chans = plan.channels
-    norm = kernels.normalize(raw, [plan.lo[c] for c in chans], [plan.hi[c] for c in chans])
     nf, nb = len(plan.fill), len(plan.barcodes)
-    fill = norm[:nf].mean(axis=0)
-    barcodes = norm[nf:nf + nb] if nb else None
-    membrane = norm[nf + nb:].mean(axis=0) if plan.membrane else None
+
+    def normalised(first, stop):
+        group = chans[first:stop]
+        return kernels.normalize(raw[first:stop], [plan.lo[c] for c in group], [plan.hi[c] for c in group])
+
+    fill = normalised(0, nf).mean(axis=0)
+    barcodes = normalised(nf, nf + nb) if nb else None
+    membrane = normalised(nf + nb, len(chans)).mean(axis=0) if plan.membrane else None
     return fill, barcodes, membrane
 
 
 def block_evidence(raw, plan: FragmentPlan):
     """Evidence of a raw (c, z, y, x) read region under ``plan``.
+
+    The raw channels are not needed once normalised: a caller that passes
+    its only reference (as :func:`evidence_step` does) lets them go before
+    the deconvolution.
 
     Returns
     -------
@@ -319,10 +332,12 @@ def block_evidence(raw, plan: FragmentPlan):
         The normalised (and deconvolved) barcodes before smoothing.
     """
     fill, barcodes, membrane = _normalised_inputs(raw, plan)
+    del raw
     if barcodes is not None:  # deconvolve returns them unchanged when there is nothing to do
         barcodes = kernels.deconvolve(barcodes, plan.psf_sigma, plan.deconvolution_iterations,
                                       acceleration=plan.deconvolution_acceleration,
-                                      method=plan.deconvolution_method, balance=plan.wiener_balance)
+                                      method=plan.deconvolution_method, balance=plan.wiener_balance,
+                                      overwrite_x=True)
     ev = kernels.compute_evidence(
         fill, barcodes, membrane, sigma=plan.sigma, barcode_sigma=plan.barcode_sigma,
         threshold=plan.threshold, barcode_weight=plan.barcode_weight, barcode_floor=plan.barcode_floor,
@@ -355,8 +370,8 @@ def evidence_step(block: Block, *, volume_path: str, plan: FragmentPlan, evidenc
         discontinuity ``< pure_discontinuity``), empty without barcodes.
     """
     volume = Volume.open(volume_path, mode="r")
-    raw = volume.read(block.read, plan.channels)
-    ev, bc = block_evidence(to_device(raw, device), plan)
+    # the raw channels go straight in: block_evidence frees them once normalised
+    ev, bc = block_evidence(to_device(volume.read(block.read, plan.channels), device), plan)
     inner = block.write_in_read
     fill_s = to_host(ev.fill[inner])
     disc = to_host(ev.discontinuity[inner]) if ev.discontinuity is not None else np.zeros_like(fill_s)
@@ -674,7 +689,7 @@ def contact_barcodes(raw, plan: FragmentPlan):
     norm = kernels.normalize(raw, _background_levels(plan), [plan.hi[c] for c in plan.barcodes])
     return kernels.deconvolve(norm, plan.psf_sigma, plan.contact_iterations,
                               acceleration=plan.deconvolution_acceleration,
-                              method=plan.deconvolution_method, balance=plan.wiener_balance)
+                              method=plan.deconvolution_method, balance=plan.wiener_balance, overwrite_x=True)
 
 
 def unmixing_inputs(raw, means: np.ndarray, plan: FragmentPlan):

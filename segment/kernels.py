@@ -299,12 +299,18 @@ def _upsample_kernel(numba):
 
 
 def _upsampled_gain(est, obs):
-    """``est`` (c, z, y/2, x/2) upsampled 2x in y and x (:func:`_upsample2`), cropped to ``obs``, times ``obs``."""
+    """``est`` (c, z, y/2, x/2) upsampled 2x in y and x (:func:`_upsample2`), cropped to ``obs``, times ``obs``.
+
+    On the host the product is written over ``obs`` (a float32 C-contiguous
+    array the caller owns), which the kernel reads voxel by voxel just before
+    writing it: no second array of the observation's size.
+    """
     kernel = _upsample_kernel() if array_module(est) is np else None
     if kernel is not None:
-        out = np.empty(obs.shape, np.float32)
-        kernel(np.ascontiguousarray(est, dtype=np.float32), np.ascontiguousarray(obs, dtype=np.float32), out)
-        return out
+        if obs.dtype != np.float32 or not obs.flags.c_contiguous:
+            obs = np.ascontiguousarray(obs, dtype=np.float32)
+        kernel(np.ascontiguousarray(est, dtype=np.float32), obs, obs)
+        return obs
     gain = _upsample2(_upsample2(est, 2), 3)
     if gain.shape != obs.shape:             # odd y/x: drop the reflect-extended row/column
         gain = gain[:, :, :obs.shape[2], :obs.shape[3]].copy()
@@ -313,7 +319,10 @@ def _upsampled_gain(est, obs):
 
 
 def _binned_richardson_lucy(obs, sigma, iterations: int, acceleration: str, floor):
-    """Richardson-Lucy on the 2x2-binned (y, x) grid; its gain, upsampled, multiplies the observation."""
+    """Richardson-Lucy on the 2x2-binned (y, x) grid; its gain, upsampled, multiplies the observation.
+
+    ``obs`` is the caller's own array: on the host the result overwrites it.
+    """
     coarse = array_module(obs).maximum(_bin_yx(obs), floor)
     sigma_c = (sigma[0], sigma[1] / 2.0, sigma[2] / 2.0)
     est = _richardson_lucy(coarse, coarse.copy(), sigma_c, iterations, acceleration, floor)
@@ -323,7 +332,7 @@ def _binned_richardson_lucy(obs, sigma, iterations: int, acceleration: str, floo
 
 def deconvolve(x, psf_sigma: Sequence[float], iterations: int, *, acceleration: str = "nesterov",
                eps: float = 1e-3, method: str = "richardson-lucy", balance: float = 0.003,
-               workers: int = 1):
+               workers: int = 1, overwrite_x: bool = False):
     """Deconvolution of each channel of ``x`` (c, z, y, x) with a Gaussian PSF.
 
     Undoes part of the optical blur that mixes the barcodes of neighbouring
@@ -381,6 +390,16 @@ def deconvolve(x, psf_sigma: Sequence[float], iterations: int, *, acceleration: 
         smaller is sharper and noisier.
     workers : int
         Threads of the CPU transforms (``scipy.fft``'s ``workers``); ignored on the GPU.
+    overwrite_x : bool
+        Whether ``x`` (when float32) may be used as working memory, as in
+        ``scipy.fft``: the blockwise passes give up their normalised channels
+        so that a block holds one array of the barcodes' size fewer.
+
+    Returns
+    -------
+    array (c, z, y, x) of float32
+        ``x`` itself when there is nothing to do (0 iterations of a
+        Richardson-Lucy method), and possibly ``x`` with ``overwrite_x``.
     """
     if acceleration not in ("nesterov", "none"):
         raise ValueError(f"deconvolve: acceleration must be 'nesterov' or 'none', got {acceleration!r}")
@@ -395,7 +414,8 @@ def deconvolve(x, psf_sigma: Sequence[float], iterations: int, *, acceleration: 
     xp = array_module(x)
     sigma = tuple(float(s) for s in psf_sigma)
     floor = np.float32(eps)
-    obs = xp.maximum(x.astype(xp.float32, copy=False), floor)
+    own = overwrite_x and x.dtype == np.float32
+    obs = xp.maximum(x.astype(xp.float32, copy=False), floor, out=x if own else None)
     if method == "binned-richardson-lucy":
         return _binned_richardson_lucy(obs, sigma, int(iterations), acceleration, floor)
     if method == "wiener":
@@ -504,7 +524,7 @@ def _richardson_lucy_on_host(obs, est, blur, iterations: int, acceleration: str,
     return est
 
 
-def barcode_discontinuity(barcodes, floor: float = 0.1):
+def barcode_discontinuity(barcodes, floor: float = 0.1, *, engine: str = "auto"):
     """How much the barcode *direction* changes around each voxel, in [0, 1].
 
     The (smoothed, normalised) barcode vector ``b`` of each voxel becomes a
@@ -518,6 +538,12 @@ def barcode_discontinuity(barcodes, floor: float = 0.1):
     barcodes : array (k, z, y, x), float
     floor : float
         Regulariser of the direction, in normalised intensity units.
+    engine : {"auto", "xp"}
+        "auto": on the host, one numba pass that keeps the directions of
+        three z-planes at a time (the same float32 operations in the same
+        order, so the same bits); "xp": array operations, which hold the
+        directions and one axis's differences of the whole region (two more
+        arrays of the barcodes' size, the evidence pass's largest step).
 
     Returns
     -------
@@ -526,7 +552,14 @@ def barcode_discontinuity(barcodes, floor: float = 0.1):
     xp = array_module(barcodes)
     if barcodes.ndim != 4:
         raise ValueError(f"barcode_discontinuity expects (k, z, y, x), got shape {barcodes.shape}")
+    if engine not in ("auto", "xp"):
+        raise ValueError(f"barcode_discontinuity: engine must be 'auto' or 'xp', got {engine!r}")
     b = barcodes.astype(xp.float32, copy=False)
+    kernel = _discontinuity_kernel() if engine == "auto" and xp is np else None
+    if kernel is not None:
+        out = np.empty(b.shape[1:], np.float32)
+        kernel(np.ascontiguousarray(b), np.float32(floor) ** 2, out)
+        return out
     norm = xp.sqrt((b * b).sum(axis=0) + np.float32(floor) ** 2)
     u = b / norm[None]
     acc = xp.zeros(b.shape[1:], dtype=xp.float32)
@@ -551,6 +584,87 @@ def barcode_discontinuity(barcodes, floor: float = 0.1):
     del d
     out = xp.sqrt(acc) * np.float32(0.5)
     return xp.clip(out, 0.0, 1.0, out=out)
+
+
+@numba_kernels
+def _discontinuity_kernel(numba):
+    """Numba kernel of :func:`barcode_discontinuity` on the host: ``discontinuity(b, floor2, out)``.
+
+    The directions ``u`` of three z-planes at a time live in a ring buffer,
+    each plane computed once. Per voxel: the squared differences summed over
+    the channels in channel order, one axis at a time (z, y, x) added to a
+    float32 accumulator, as the array path's ``d.sum(axis=0)`` and ``acc +=``
+    do; the same bits.
+    """
+
+    @numba.njit(cache=True, nogil=True)
+    def directions(b, z, floor2, plane, row):
+        # row by row, channel by channel: loops over x that vectorise
+        k, _, ny, nx = b.shape
+        for y in range(ny):
+            row[:] = 0.0
+            for c in range(k):
+                for x in range(nx):
+                    v = b[c, z, y, x]
+                    row[x] += v * v
+            for x in range(nx):
+                row[x] = np.sqrt(row[x] + floor2)
+            for c in range(k):
+                for x in range(nx):
+                    plane[c, y, x] = b[c, z, y, x] / row[x]
+
+    @numba.njit(cache=True, nogil=True)
+    def discontinuity(b, floor2, out):
+        k, nz, ny, nx = b.shape
+        ring = np.empty((3, k, ny, nx), np.float32)
+        acc = np.empty(nx, np.float32)
+        s = np.empty(nx, np.float32)
+        half = np.float32(0.5)
+        for z in range(nz):
+            if z == 0:
+                directions(b, 0, floor2, ring[0], s)
+            if z + 1 < nz:
+                directions(b, z + 1, floor2, ring[(z + 1) % 3], s)
+            here = ring[z % 3]
+            below = ring[max(z - 1, 0) % 3]
+            above = ring[min(z + 1, nz - 1) % 3]
+            for y in range(ny):
+                y0, y1 = max(y - 1, 0), min(y + 1, ny - 1)
+                acc[:] = 0.0
+                if nz > 1:
+                    s[:] = 0.0
+                    for c in range(k):
+                        for x in range(nx):
+                            d = above[c, y, x] - below[c, y, x]
+                            s[x] += d * d
+                    for x in range(nx):
+                        acc[x] += s[x]
+                if ny > 1:
+                    s[:] = 0.0
+                    for c in range(k):
+                        for x in range(nx):
+                            d = here[c, y1, x] - here[c, y0, x]
+                            s[x] += d * d
+                    for x in range(nx):
+                        acc[x] += s[x]
+                if nx > 1:
+                    s[:] = 0.0
+                    for c in range(k):
+                        # central differences inside the row, one-sided at its ends
+                        d = here[c, y, 1] - here[c, y, 0]
+                        s[0] += d * d
+                        for x in range(1, nx - 1):
+                            d = here[c, y, x + 1] - here[c, y, x - 1]
+                            s[x] += d * d
+                        d = here[c, y, nx - 1] - here[c, y, nx - 2]
+                        s[nx - 1] += d * d
+                    for x in range(nx):
+                        acc[x] += s[x]
+                for x in range(nx):
+                    o = np.sqrt(acc[x]) * half
+                    out[z, y, x] = o if not o > 1.0 else np.float32(1.0)
+
+    return discontinuity
 
 
 def boundary_map(fill_s, discontinuity=None, membrane_s=None, *, barcode_weight: float = 1.0,
@@ -582,7 +696,6 @@ class Evidence:
     foreground: object     # bool (z, y, x)
     interior: object       # bool (z, y, x): foreground minus barcode edges
     discontinuity: object | None  # barcode discontinuity D or None
-    barcodes: object | None = None  # smoothed normalised barcodes (k, z, y, x) or None
 
 
 def compute_evidence(fill, barcodes=None, membrane=None, *, sigma, barcode_sigma, threshold: float,
@@ -606,10 +719,10 @@ def compute_evidence(fill, barcodes=None, membrane=None, *, sigma, barcode_sigma
         See :class:`segment.config.SegmentConfig`.
     """
     fill_s = smooth(fill, sigma)
-    disc = bc_s = None
+    disc = None
     if barcodes is not None and barcodes.shape[0] > 0:
-        bc_s = smooth(barcodes, barcode_sigma)
-        disc = barcode_discontinuity(bc_s, floor=barcode_floor)
+        # the smoothed barcodes serve the discontinuity only: not kept (they are the barcodes' size)
+        disc = barcode_discontinuity(smooth(barcodes, barcode_sigma), floor=barcode_floor)
     memb = smooth(membrane, sigma) if membrane is not None else None
     boundary = boundary_map(fill_s, disc, memb, barcode_weight=barcode_weight, membrane_weight=membrane_weight,
                             fill_weight=fill_weight)
@@ -617,8 +730,7 @@ def compute_evidence(fill, barcodes=None, membrane=None, *, sigma, barcode_sigma
     interior = fg
     if disc is not None and barcode_weight > 0:
         interior = fg & (disc * np.float32(barcode_weight) < seed_barcode_cut)
-    return Evidence(fill=fill_s, boundary=boundary, foreground=fg, interior=interior, discontinuity=disc,
-                    barcodes=bc_s)
+    return Evidence(fill=fill_s, boundary=boundary, foreground=fg, interior=interior, discontinuity=disc)
 
 
 def distance_transform(mask, sampling: Sequence[float] = (1.0, 1.0, 1.0)):
