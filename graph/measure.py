@@ -73,11 +73,9 @@ def label_sums(labels_zyx, channels_czyx=None, *, offset=(0, 0, 0)) -> pd.DataFr
     xp = array_module(labels_zyx)
     if labels_zyx.ndim != 3:
         raise InputError(f"labels must be 3-D (z, y, x), got shape {labels_zyx.shape}")
-    n_channels = 0
     if channels_czyx is not None:
         if channels_czyx.ndim != 4 or tuple(channels_czyx.shape[1:]) != tuple(labels_zyx.shape):
             raise InputError(f"channels {channels_czyx.shape} must be (c,) + labels shape {labels_zyx.shape}")
-        n_channels = channels_czyx.shape[0]
     if xp is np and labels_zyx.size and labels_zyx.dtype.kind in "iub":
         return _label_sums_cpu(labels_zyx, channels_czyx, offset)
     return _label_sums_array(labels_zyx, channels_czyx, offset)
