@@ -307,8 +307,7 @@ def _upsampled_gain(est, obs):
     """
     kernel = _upsample_kernel() if array_module(est) is np else None
     if kernel is not None:
-        if obs.dtype != np.float32 or not obs.flags.c_contiguous:
-            obs = np.ascontiguousarray(obs, dtype=np.float32)
+        obs = np.ascontiguousarray(obs, dtype=np.float32)      # itself when it already is
         kernel(np.ascontiguousarray(est, dtype=np.float32), obs, obs)
         return obs
     gain = _upsample2(_upsample2(est, 2), 3)
@@ -614,6 +613,16 @@ def _discontinuity_kernel(numba):
                     plane[c, y, x] = b[c, z, y, x] / row[x]
 
     @numba.njit(cache=True, nogil=True)
+    def add_squared_differences(upper, y_upper, lower, y_lower, s):
+        # s[x] := sum over channels, in order, of (upper[c, y_upper, x] - lower[c, y_lower, x])^2,
+        # on whole (k, ny, nx) planes: C-contiguous, so the loop over x vectorises
+        s[:] = 0.0
+        for c in range(upper.shape[0]):
+            for x in range(upper.shape[2]):
+                d = upper[c, y_upper, x] - lower[c, y_lower, x]
+                s[x] += d * d
+
+    @numba.njit(cache=True, nogil=True)
     def discontinuity(b, floor2, out):
         k, nz, ny, nx = b.shape
         ring = np.empty((3, k, ny, nx), np.float32)
@@ -632,19 +641,11 @@ def _discontinuity_kernel(numba):
                 y0, y1 = max(y - 1, 0), min(y + 1, ny - 1)
                 acc[:] = 0.0
                 if nz > 1:
-                    s[:] = 0.0
-                    for c in range(k):
-                        for x in range(nx):
-                            d = above[c, y, x] - below[c, y, x]
-                            s[x] += d * d
+                    add_squared_differences(above, y, below, y, s)
                     for x in range(nx):
                         acc[x] += s[x]
                 if ny > 1:
-                    s[:] = 0.0
-                    for c in range(k):
-                        for x in range(nx):
-                            d = here[c, y1, x] - here[c, y0, x]
-                            s[x] += d * d
+                    add_squared_differences(here, y1, here, y0, s)
                     for x in range(nx):
                         acc[x] += s[x]
                 if nx > 1:

@@ -427,6 +427,11 @@ def _host_smooth_kernels(numba):
     return (bucket, gather, scatter)
 
 
+def _index_dtype(slots):
+    """The entry lists' index type for ``slots`` (s, ...): int32 unless it has 2**31 elements."""
+    return np.int32 if slots.size < np.iinfo(np.int32).max else np.int64
+
+
 def _shifted(a, offset: int, axis: int):
     """``a`` shifted by ``offset`` along spatial ``axis`` (the last three), zero-filled."""
     xp = array_module(a)
@@ -671,7 +676,7 @@ def _fit_on_host(obs, slots, table, sigma, iterations: int, beta_, floor_, kerne
     gather, mix, step, update, compact, scatter = _host_entry_kernels()
     c = obs.shape[0]
     flat_slots = slots.reshape(slots.shape[0], -1)
-    index = np.int32 if flat_slots.size < np.iinfo(np.int32).max else np.int64
+    index = _index_dtype(flat_slots)
     # ``start`` holds each iteration's start, then (updated in place) its result; ``previous`` the
     # estimate before it, then the next iteration's start (one value per entry). One channel
     # buffer, ``work``, holds the mixture, the model (the mixture blurred in place), the ratio
@@ -842,7 +847,7 @@ def _smooth_on_host(out, slots, sigma, reach, truncate: float, kernels):
     bucket, gather, scatter = kernels
     work = np.ascontiguousarray(out)        # the entries index the flat (slot, voxel) raster
     flat_out = work.reshape(-1)
-    index = np.int32 if slots.size < np.iinfo(np.int32).max else np.int64
+    index = _index_dtype(slots)
     starts, entries, offsets, corners, stops = bucket(np.ascontiguousarray(slots), int(slots.max()),
                                                       np.asarray(reach, np.int64), index)
     neurons = [i for i in range(1, len(starts) - 1) if starts[i + 1] > starts[i]]
