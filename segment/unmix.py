@@ -61,6 +61,7 @@ import numpy as np
 from pipeline import array_module, to_host
 from pipeline.filters import gaussian, maximum
 
+from .blur import blur_channels_last
 from .codebook import contact_voxels
 from .jit import numba_kernels
 from .kernels import PSF_TRUNCATE
@@ -594,8 +595,8 @@ def _blur_channels(images, sigma, out) -> None:
 
     On the host the channels are blurred as the host fit blurs its (z, y, x, c)
     buffers (:func:`_blur_channels_last`), so that the array loop and the
-    fused one agree bit for bit: OpenCV gives the same bits for a plane's
-    channels filtered together and one by one only for some plane widths.
+    fused one agree bit for bit: the loop's buffers are channels-last memory
+    too, and the numba pass sums a voxel's channels side by side.
     """
     if array_module(images) is np:
         _blur_channels_last(np.moveaxis(images, 0, -1), sigma, np.moveaxis(out, 0, -1))
@@ -605,14 +606,11 @@ def _blur_channels(images, sigma, out) -> None:
 
 
 def _blur_channels_last(images, sigma, out) -> None:
-    """The PSF blur of each channel of host ``images`` (z, y, x, c) into ``out``: one call, OpenCV's channels.
+    """The PSF blur of each channel of host ``images`` (z, y, x, c) into ``out`` (:mod:`segment.blur`).
 
-    ``out`` may be ``images`` itself (the same bits, :func:`pipeline.filters.gaussian`).
+    ``out`` may be ``images`` itself: the blur runs in place.
     """
-    if images.shape[-1] == 1:
-        gaussian(images[..., 0], sigma, truncate=PSF_TRUNCATE, mode="reflect", output=out[..., 0])
-    else:
-        gaussian(images, tuple(sigma) + (0.0,), truncate=PSF_TRUNCATE, mode="reflect", output=out)
+    blur_channels_last(images, sigma, truncate=PSF_TRUNCATE, output=out)
 
 
 def _fit_with_slot_passes(obs, slots, u, table, sigma, iterations: int, beta_, floor_, engine: str):

@@ -1,0 +1,229 @@
+"""The PSF blur of channels-last stacks on the host: one numba pass, in place.
+
+The contact fit (:mod:`segment.unmix`) blurs a (z, y, x, c) buffer twice per
+Richardson-Lucy iteration, about 360 times per block: two thirds of the
+pipeline's time. :func:`blur_channels_last` does it in one pass over the
+buffer instead of OpenCV's three (a z column pass, then each (y, x) plane
+through a scratch copy). Each axis is a Gaussian of scipy's weights (``truncate``), mode
+``reflect``; the channels ride along, a voxel's c values side by side. The
+result is scipy's to float32 rounding, like :func:`pipeline.filters.gaussian`
+(not its bits: the sums are taken in another order).
+
+How the pass walks the buffer (9 taps per axis, r = 4)::
+
+        z blocks of 4 output planes        one z block, row by row
+      ┌──────────────┐ z0 - 4           rows of the 12 source planes
+      │  saved  ring │   ...            ──────────────────────────── ▶ z sums:
+      ├──────────────┤ z0               4 z-filtered rows per source row
+      │ output planes│ (written here:   (a ring of 16 rows per plane)
+      │   z0 .. z0+3 │  saved first)          │ y sums, 4 output rows from 12
+      ├──────────────┤ z0 + 4                 ▼
+      │  not yet     │ read in place    x sums from a row padded by
+      │  written     │   ...            reflection ──▶ the output row
+      └──────────────┘ z0 + 7
+
+Every sum is 9 products added in tap order, vectorised over a whole row of
+x * c values. A z or y sum makes 4 outputs from 12 rows, so each source row
+is loaded 3 times instead of 9. Blurring in place, the original of an output
+plane is still needed by the next block: the 4 planes a block overwrites are
+copied to an 8-plane ring first. Kernels shorter than 9 taps are padded with
+zero weights (an added ``0 * x`` is +0.0: the same sum); longer ones (sigma
+above 1.8 voxels at ``truncate`` 2.5) and arrays the kernel does not take
+go to :func:`pipeline.filters.gaussian`.
+
+Measured on the fit's (64, 144, 144, 8) buffer, σ 1.5 voxels, in place
+(BENCHMARKS.md "Session 20"): see there for the numbers and the command.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from pipeline.filters import gaussian, gaussian_kernel1d
+
+from .jit import numba_kernels
+
+__all__ = ["MAX_TAPS", "blur_channels_last"]
+
+#: Taps per axis of the numba pass (radius 4); wider kernels go to pipeline.filters.gaussian.
+MAX_TAPS = 9
+
+#: Output planes (z) and rows (y) each sum makes at once.
+_BLOCK = 4
+
+#: Planes of the ring that keeps the originals of overwritten planes (two blocks).
+_SAVED_PLANES = 2 * _BLOCK
+
+#: z-filtered rows kept per output plane: the 12 a y sum reads, and those the next one computes.
+_ROW_RING = 16
+
+_scratch = threading.local()
+
+
+def blur_channels_last(image, sigma, *, truncate: float, output=None):
+    """Gaussian blur of a host (z, y, x, c) stack over z, y and x; the channels are not mixed.
+
+    Parameters
+    ----------
+    image : ndarray (z, y, x, c) of float32
+    sigma : (z, y, x)
+        Standard deviation per axis, in voxels; 0 leaves an axis alone.
+    truncate : float
+        Kernel radius in sigmas: ``int(truncate * sigma + 0.5)`` per axis.
+    output : ndarray like ``image``, optional
+        Where to write; may be ``image`` itself (no copy of it is made).
+
+    Returns
+    -------
+    ndarray
+        ``output``, or a new array.
+    """
+    image = np.asarray(image)
+    if image.ndim != 4:
+        raise ValueError(f"blur_channels_last: image must be (z, y, x, c), got shape {image.shape}")
+    if output is None:
+        output = np.empty(image.shape, np.float32)
+    if output.shape != image.shape or output.dtype != np.float32:
+        raise ValueError(f"blur_channels_last: output {output.shape} {output.dtype} must be float32 "
+                         f"of the image's shape {image.shape}")
+    sigma = tuple(float(s) for s in sigma)
+    if len(sigma) != 3:
+        raise ValueError(f"blur_channels_last: sigma must be (z, y, x), got {sigma}")
+    taps = [gaussian_kernel1d(s, truncate=truncate) if s > 1e-15 else np.ones(1) for s in sigma]
+    kernel = _kernel()
+    fits = (kernel is not None and max(t.size for t in taps) <= MAX_TAPS and image.dtype == np.float32
+            and image.flags.c_contiguous and output.flags.c_contiguous and image.size > 0)
+    if not fits:
+        _blur_elsewhere(image, sigma, truncate, output)
+        return output
+    weights = np.zeros((3, MAX_TAPS), np.float32)
+    for axis, t in enumerate(taps):
+        r = t.size // 2
+        weights[axis, MAX_TAPS // 2 - r:MAX_TAPS // 2 + r + 1] = t
+    z, y, x, c = image.shape
+    in_place = bool(np.may_share_memory(image, output))
+    saved, rows, padded = _buffers(y, x * c, c, in_place)
+    kernel(image.reshape(z, y, x * c), output.reshape(z, y, x * c), weights, c, saved, rows, padded, in_place)
+    return output
+
+
+def _blur_elsewhere(image, sigma, truncate: float, output) -> None:
+    """The blur through :func:`pipeline.filters.gaussian` (OpenCV), for what the numba pass does not take."""
+    if image.shape[-1] == 1:
+        gaussian(image[..., 0], sigma, truncate=truncate, mode="reflect", output=output[..., 0])
+    else:
+        gaussian(image, sigma + (0.0,), truncate=truncate, mode="reflect", output=output)
+
+
+def _buffers(y: int, width: int, c: int, in_place: bool):
+    """This thread's kept scratch: the saved-plane ring, the z-filtered rows, the padded rows.
+
+    Kept, not allocated per call: a run process maps fresh allocations above
+    1 MiB page by page (see pipeline.filters), and the fit calls this ~360
+    times per block. Zeroed when first made: rows the kernel computes only to
+    discard may read ring slots no plane was saved to yet.
+    """
+    planes = _SAVED_PLANES if in_place else 0
+    need = (planes * y * width, _BLOCK * _ROW_RING * width, _BLOCK * (width + (MAX_TAPS - 1) * c))
+    kept = getattr(_scratch, "buffers", None)
+    if kept is None or any(k.size < n for k, n in zip(kept, need)):
+        kept = tuple(np.zeros(max(n, k.size if kept else 0), np.float32)
+                     for n, k in zip(need, kept or (None,) * 3))
+        _scratch.buffers = kept
+    return (kept[0][:need[0]].reshape(planes, y, width),
+            kept[1][:need[1]].reshape(_BLOCK, _ROW_RING, width),
+            kept[2][:need[2]].reshape(_BLOCK, width + (MAX_TAPS - 1) * c))
+
+
+@numba_kernels
+def _kernel(numba):
+    """The numba pass of :func:`blur_channels_last`, or None without numba."""
+    inline = numba.njit(inline="always")
+
+    @inline
+    def reflect(i, n):
+        # scipy's "reflect" (d c b a | a b c d | d c b a), repeated for kernels longer than the axis
+        period = 2 * n
+        i = i % period
+        if i < 0:
+            i += period
+        return i if i < n else period - 1 - i
+
+    @inline
+    def source_row(src, saved, plane, from_saved, y, k):
+        # row y of a z block's k-th source plane: its saved original, or the plane itself
+        return saved[plane[k], y] if from_saved[k] else src[plane[k], y]
+
+    @inline
+    def sum9(out, r0, r1, r2, r3, r4, r5, r6, r7, r8, w):
+        # out = sum_k w[k] r_k, in tap order; rows sliced to out's length so the loop vectorises
+        n = out.size
+        r0, r1, r2, r3, r4, r5, r6, r7, r8 = r0[:n], r1[:n], r2[:n], r3[:n], r4[:n], r5[:n], r6[:n], r7[:n], r8[:n]
+        w0, w1, w2, w3, w4, w5, w6, w7, w8 = w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7], w[8]
+        for j in range(n):
+            out[j] = (w0 * r0[j] + w1 * r1[j] + w2 * r2[j] + w3 * r3[j] + w4 * r4[j] + w5 * r5[j]
+                      + w6 * r6[j] + w7 * r7[j] + w8 * r8[j])
+
+    @inline
+    def sum9x4(o0, o1, o2, o3, r, w):
+        # o_i = sum_k w[k] r[i + k] for i < 4 from the 12 rows of ``r``: each row loaded once for four sums
+        n = o0.size
+        o0, o1, o2, o3 = o0[:n], o1[:n], o2[:n], o3[:n]
+        r0, r1, r2, r3, r4, r5 = r[0][:n], r[1][:n], r[2][:n], r[3][:n], r[4][:n], r[5][:n]
+        r6, r7, r8, r9, r10, r11 = r[6][:n], r[7][:n], r[8][:n], r[9][:n], r[10][:n], r[11][:n]
+        w0, w1, w2, w3, w4, w5, w6, w7, w8 = w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7], w[8]
+        for j in range(n):
+            a0, a1, a2, a3, a4, a5 = r0[j], r1[j], r2[j], r3[j], r4[j], r5[j]
+            a6, a7, a8, a9, a10, a11 = r6[j], r7[j], r8[j], r9[j], r10[j], r11[j]
+            o0[j] = w0 * a0 + w1 * a1 + w2 * a2 + w3 * a3 + w4 * a4 + w5 * a5 + w6 * a6 + w7 * a7 + w8 * a8
+            o1[j] = w0 * a1 + w1 * a2 + w2 * a3 + w3 * a4 + w4 * a5 + w5 * a6 + w6 * a7 + w7 * a8 + w8 * a9
+            o2[j] = w0 * a2 + w1 * a3 + w2 * a4 + w3 * a5 + w4 * a6 + w5 * a7 + w6 * a8 + w7 * a9 + w8 * a10
+            o3[j] = w0 * a3 + w1 * a4 + w2 * a5 + w3 * a6 + w4 * a7 + w5 * a8 + w6 * a9 + w7 * a10 + w8 * a11
+
+    @numba.njit(cache=True, nogil=True)
+    def blur(src, dst, weights, c, saved, rows, padded, in_place):
+        # src, dst: (z, y, x * c); weights: (3, 9) for z, y, x
+        nz, ny, width = src.shape
+        nx = width // c
+        kz, ky, kx = weights[0], weights[1], weights[2]
+        n_saved = saved.shape[0]
+        plane = np.empty(12, np.int64)      # source plane of each of a z block's 12 taps
+        from_saved = np.empty(12, np.bool_)
+        row = np.empty(12, np.int64)        # ring row of each of a y block's 12 taps
+        for z0 in range(0, nz, 4):
+            if in_place:                    # the planes this block overwrites, kept for the next block
+                for p in range(z0, min(z0 + 4, nz)):
+                    saved[p % n_saved] = src[p]
+            for k in range(12):
+                p = reflect(z0 + k - 4, nz)
+                from_saved[k] = in_place and p < z0 + 4
+                plane[k] = p % n_saved if from_saved[k] else p
+            done = 0                        # z-filtered rows [0, done) of this block's planes exist
+            for y0 in range(0, ny, 4):
+                while done < min(ny, y0 + 8):
+                    y = done
+                    t = done % rows.shape[1]
+                    sum9x4(rows[0, t], rows[1, t], rows[2, t], rows[3, t],
+                           (source_row(src, saved, plane, from_saved, y, 0), source_row(src, saved, plane, from_saved, y, 1), source_row(src, saved, plane, from_saved, y, 2), source_row(src, saved, plane, from_saved, y, 3), source_row(src, saved, plane, from_saved, y, 4), source_row(src, saved, plane, from_saved, y, 5),
+                            source_row(src, saved, plane, from_saved, y, 6), source_row(src, saved, plane, from_saved, y, 7), source_row(src, saved, plane, from_saved, y, 8), source_row(src, saved, plane, from_saved, y, 9), source_row(src, saved, plane, from_saved, y, 10), source_row(src, saved, plane, from_saved, y, 11)), kz)
+                    done += 1
+                for k in range(12):
+                    row[k] = reflect(y0 + k - 4, ny) % rows.shape[1]
+                lo, hi = 4 * c, 4 * c + width   # the unpadded middle of each padded row
+                for dz in range(min(4, nz - z0)):
+                    t = rows[dz]
+                    sum9x4(padded[0, lo:hi], padded[1, lo:hi], padded[2, lo:hi], padded[3, lo:hi],
+                           (t[row[0]], t[row[1]], t[row[2]], t[row[3]], t[row[4]], t[row[5]],
+                            t[row[6]], t[row[7]], t[row[8]], t[row[9]], t[row[10]], t[row[11]]), ky)
+                    for dy in range(min(4, ny - y0)):
+                        line = padded[dy]
+                        for x in range(4):      # reflected voxels either side, for the x sums
+                            left, right = reflect(x - 4, nx), reflect(nx + x, nx)
+                            line[x * c:(x + 1) * c] = line[(4 + left) * c:(5 + left) * c]
+                            line[(nx + 4 + x) * c:(nx + 5 + x) * c] = line[(4 + right) * c:(5 + right) * c]
+                        sum9(dst[z0 + dz, y0 + dy], line, line[c:], line[2 * c:], line[3 * c:], line[4 * c:],
+                             line[5 * c:], line[6 * c:], line[7 * c:], line[8 * c:], kx)
+
+    return blur

@@ -1,0 +1,105 @@
+"""The numba PSF blur of channels-last stacks (segment.blur) against scipy."""
+
+import threading
+
+import numpy as np
+import pytest
+import scipy.ndimage as ndi
+
+import segment.blur as blur_module
+from segment.blur import MAX_TAPS, blur_channels_last
+from segment.kernels import PSF_TRUNCATE
+
+
+def _scipy(image, sigma, truncate=PSF_TRUNCATE):
+    return ndi.gaussian_filter(image.astype(np.float64), tuple(sigma) + (0.0,), truncate=truncate, mode="reflect")
+
+
+# z and y not multiples of the kernel's 4-plane / 4-row blocks, axes shorter than the kernel, one voxel
+SHAPES = [(1, 1, 1, 2), (2, 3, 4, 1), (3, 2, 9, 3), (5, 7, 6, 8), (9, 4, 4, 1), (13, 17, 3, 8), (8, 12, 20, 8),
+          (17, 9, 11, 5)]
+SIGMAS = [(1.5, 1.5, 1.5), (0.7, 1.0, 1.0), (0.0, 1.2, 0.5), (1.8, 0.3, 0.0), (0.0, 0.0, 0.0)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("sigma", SIGMAS)
+def test_blur_equals_scipy_and_in_place_gives_the_same_bits(shape, sigma):
+    image = np.random.default_rng(sum(shape)).random(shape, dtype=np.float32)
+    expected = _scipy(image, sigma)
+    out = blur_channels_last(image, sigma, truncate=PSF_TRUNCATE)
+    assert out.dtype == np.float32 and out.shape == shape
+    np.testing.assert_allclose(out, expected, rtol=0, atol=1e-6)
+    in_place = image.copy()
+    assert blur_channels_last(in_place, sigma, truncate=PSF_TRUNCATE, output=in_place) is in_place
+    np.testing.assert_array_equal(in_place, out)
+    into = np.full(shape, np.nan, np.float32)
+    blur_channels_last(image, sigma, truncate=PSF_TRUNCATE, output=into)
+    np.testing.assert_array_equal(into, out)
+
+
+def test_blur_runs_the_numba_pass_for_kernels_up_to_nine_taps(monkeypatch):
+    pytest.importorskip("numba")
+    calls = []
+    monkeypatch.setattr(blur_module, "_blur_elsewhere", lambda *args: calls.append(args))
+    image = np.ones((6, 8, 8, 3), np.float32)
+    blur_channels_last(image, (1.5, 1.5, 1.5), truncate=PSF_TRUNCATE)   # radius 4: 9 taps
+    assert calls == []
+    blur_channels_last(image, (2.0, 1.5, 1.5), truncate=PSF_TRUNCATE)   # radius 5 on z: OpenCV
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("case", ["wide kernel", "float64", "strided"])
+def test_blur_falls_back_to_the_opencv_gaussian_with_the_same_result(case):
+    rng = np.random.default_rng(3)
+    image = rng.random((6, 10, 12, 4), dtype=np.float32)
+    sigma = (1.5, 1.5, 1.5)
+    if case == "wide kernel":
+        sigma = (2.5, 1.0, 3.0)
+        assert int(PSF_TRUNCATE * 3.0 + 0.5) * 2 + 1 > MAX_TAPS
+    elif case == "float64":
+        image = image.astype(np.float64)
+    else:
+        image = np.moveaxis(rng.random((4, 6, 10, 12), dtype=np.float32), 0, -1)
+        assert not image.flags.c_contiguous
+    out = blur_channels_last(image, sigma, truncate=PSF_TRUNCATE)
+    np.testing.assert_allclose(out, _scipy(image, sigma), rtol=0, atol=1e-6)
+
+
+def test_blur_keeps_one_scratch_per_thread_and_grows_it():
+    rng = np.random.default_rng(5)
+    small = rng.random((5, 6, 7, 8), dtype=np.float32)
+    large = rng.random((9, 30, 40, 8), dtype=np.float32)
+    expected = {id(a): _scipy(a, (1.5, 1.5, 1.5)) for a in (small, large)}
+    for image in (small, large, small):
+        work = image.copy()
+        blur_channels_last(work, (1.5, 1.5, 1.5), truncate=PSF_TRUNCATE, output=work)
+        np.testing.assert_allclose(work, expected[id(image)], rtol=0, atol=1e-6)
+    results, errors = {}, []
+
+    def run(name, image):
+        try:
+            for _ in range(3):
+                work = image.copy()
+                blur_channels_last(work, (1.5, 1.5, 1.5), truncate=PSF_TRUNCATE, output=work)
+            results[name] = work
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(name, image)) for name, image in (("small", small), ("large", large))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    np.testing.assert_allclose(results["small"], expected[id(small)], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(results["large"], expected[id(large)], rtol=0, atol=1e-6)
+
+
+def test_blur_rejects_bad_shapes_naming_them():
+    with pytest.raises(ValueError, match=r"\(z, y, x, c\).*\(4, 5, 6\)"):
+        blur_channels_last(np.zeros((4, 5, 6), np.float32), (1, 1, 1), truncate=PSF_TRUNCATE)
+    with pytest.raises(ValueError, match=r"output \(4, 5, 6, 3\).*\(4, 5, 6, 2\)"):
+        blur_channels_last(np.zeros((4, 5, 6, 2), np.float32), (1, 1, 1), truncate=PSF_TRUNCATE,
+                           output=np.zeros((4, 5, 6, 3), np.float32))
+    with pytest.raises(ValueError, match="sigma must be"):
+        blur_channels_last(np.zeros((4, 5, 6, 2), np.float32), (1, 1), truncate=PSF_TRUNCATE)
