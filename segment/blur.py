@@ -139,52 +139,53 @@ def _buffers(y: int, width: int, c: int, in_place: bool):
 
 @numba_kernels
 def _kernel(numba):
-    """The numba pass of :func:`blur_channels_last`, or None without numba."""
-    inline = numba.njit(inline="always")
+    """The numba pass of :func:`blur_channels_last`, or None without numba.
 
-    @inline
-    def reflect(i, n):
-        # scipy's "reflect" (d c b a | a b c d | d c b a), repeated for kernels longer than the axis
-        period = 2 * n
-        i = i % period
-        if i < 0:
-            i += period
-        return i if i < n else period - 1 - i
-
-    @inline
-    def source_row(src, saved, plane, from_saved, y, k):
-        # row y of a z block's k-th source plane: its saved original, or the plane itself
-        return saved[plane[k], y] if from_saved[k] else src[plane[k], y]
-
-    @inline
-    def sum9(out, r0, r1, r2, r3, r4, r5, r6, r7, r8, w):
-        # out = sum_k w[k] r_k, in tap order; rows sliced to out's length so the loop vectorises
-        n = out.size
-        r0, r1, r2, r3, r4, r5, r6, r7, r8 = r0[:n], r1[:n], r2[:n], r3[:n], r4[:n], r5[:n], r6[:n], r7[:n], r8[:n]
-        w0, w1, w2, w3, w4, w5, w6, w7, w8 = w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7], w[8]
-        for j in range(n):
-            out[j] = (w0 * r0[j] + w1 * r1[j] + w2 * r2[j] + w3 * r3[j] + w4 * r4[j] + w5 * r5[j]
-                      + w6 * r6[j] + w7 * r7[j] + w8 * r8[j])
-
-    @inline
-    def sum9x4(o0, o1, o2, o3, r, w):
-        # o_i = sum_k w[k] r[i + k] for i < 4 from the 12 rows of ``r``: each row loaded once for four sums
-        n = o0.size
-        o0, o1, o2, o3 = o0[:n], o1[:n], o2[:n], o3[:n]
-        r0, r1, r2, r3, r4, r5 = r[0][:n], r[1][:n], r[2][:n], r[3][:n], r[4][:n], r[5][:n]
-        r6, r7, r8, r9, r10, r11 = r[6][:n], r[7][:n], r[8][:n], r[9][:n], r[10][:n], r[11][:n]
-        w0, w1, w2, w3, w4, w5, w6, w7, w8 = w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7], w[8]
-        for j in range(n):
-            a0, a1, a2, a3, a4, a5 = r0[j], r1[j], r2[j], r3[j], r4[j], r5[j]
-            a6, a7, a8, a9, a10, a11 = r6[j], r7[j], r8[j], r9[j], r10[j], r11[j]
-            o0[j] = w0 * a0 + w1 * a1 + w2 * a2 + w3 * a3 + w4 * a4 + w5 * a5 + w6 * a6 + w7 * a7 + w8 * a8
-            o1[j] = w0 * a1 + w1 * a2 + w2 * a3 + w3 * a4 + w4 * a5 + w5 * a6 + w6 * a7 + w7 * a8 + w8 * a9
-            o2[j] = w0 * a2 + w1 * a3 + w2 * a4 + w3 * a5 + w4 * a6 + w5 * a7 + w6 * a8 + w7 * a9 + w8 * a10
-            o3[j] = w0 * a3 + w1 * a4 + w2 * a5 + w3 * a6 + w4 * a7 + w5 * a8 + w6 * a9 + w7 * a10 + w8 * a11
+    Its helpers are inner functions of the kernel (numba inlines them), not
+    dispatchers of their own: a kernel that calls dispatchers held in a
+    closure gets a new cache key in every process (their pickles carry a
+    per-process id), so it would be compiled again by every worker.
+    """
 
     @numba.njit(cache=True, nogil=True)
     def blur(src, dst, weights, c, saved, rows, padded, in_place):
         # src, dst: (z, y, x * c); weights: (3, 9) for z, y, x
+        def reflect(i, n):
+            # scipy's "reflect" (d c b a | a b c d | d c b a), repeated for kernels longer than the axis
+            period = 2 * n
+            i = i % period
+            if i < 0:
+                i += period
+            return i if i < n else period - 1 - i
+
+        def source(image, kept, plane, from_saved, y, k):
+            # row y of a z block's k-th source plane: its saved original (kept), or the image's plane
+            return kept[plane[k], y] if from_saved[k] else image[plane[k], y]
+
+        def sum9(out, r0, r1, r2, r3, r4, r5, r6, r7, r8, w):
+            # out = sum_k w[k] r_k, in tap order; rows sliced to out's length so the loop vectorises
+            n = out.size
+            r0, r1, r2, r3, r4, r5, r6, r7, r8 = r0[:n], r1[:n], r2[:n], r3[:n], r4[:n], r5[:n], r6[:n], r7[:n], r8[:n]
+            w0, w1, w2, w3, w4, w5, w6, w7, w8 = w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7], w[8]
+            for j in range(n):
+                out[j] = (w0 * r0[j] + w1 * r1[j] + w2 * r2[j] + w3 * r3[j] + w4 * r4[j] + w5 * r5[j]
+                          + w6 * r6[j] + w7 * r7[j] + w8 * r8[j])
+
+        def sum9x4(o0, o1, o2, o3, r, w):
+            # o_i = sum_k w[k] r[i + k] for i < 4 from the 12 rows of ``r``: each row loaded once for four sums
+            n = o0.size
+            o0, o1, o2, o3 = o0[:n], o1[:n], o2[:n], o3[:n]
+            r0, r1, r2, r3, r4, r5 = r[0][:n], r[1][:n], r[2][:n], r[3][:n], r[4][:n], r[5][:n]
+            r6, r7, r8, r9, r10, r11 = r[6][:n], r[7][:n], r[8][:n], r[9][:n], r[10][:n], r[11][:n]
+            w0, w1, w2, w3, w4, w5, w6, w7, w8 = w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7], w[8]
+            for j in range(n):
+                a0, a1, a2, a3, a4, a5 = r0[j], r1[j], r2[j], r3[j], r4[j], r5[j]
+                a6, a7, a8, a9, a10, a11 = r6[j], r7[j], r8[j], r9[j], r10[j], r11[j]
+                o0[j] = w0 * a0 + w1 * a1 + w2 * a2 + w3 * a3 + w4 * a4 + w5 * a5 + w6 * a6 + w7 * a7 + w8 * a8
+                o1[j] = w0 * a1 + w1 * a2 + w2 * a3 + w3 * a4 + w4 * a5 + w5 * a6 + w6 * a7 + w7 * a8 + w8 * a9
+                o2[j] = w0 * a2 + w1 * a3 + w2 * a4 + w3 * a5 + w4 * a6 + w5 * a7 + w6 * a8 + w7 * a9 + w8 * a10
+                o3[j] = w0 * a3 + w1 * a4 + w2 * a5 + w3 * a6 + w4 * a7 + w5 * a8 + w6 * a9 + w7 * a10 + w8 * a11
+
         nz, ny, width = src.shape
         nx = width // c
         kz, ky, kx = weights[0], weights[1], weights[2]
@@ -195,7 +196,10 @@ def _kernel(numba):
         for z0 in range(0, nz, 4):
             if in_place:                    # the planes this block overwrites, kept for the next block
                 for p in range(z0, min(z0 + 4, nz)):
-                    saved[p % n_saved] = src[p]
+                    into, plane_p = saved[p % n_saved], src[p]
+                    for y in range(ny):          # element loops: slice assignment costs seconds of compiling
+                        for j in range(width):
+                            into[y, j] = plane_p[y, j]
             for k in range(12):
                 p = reflect(z0 + k - 4, nz)
                 from_saved[k] = in_place and p < z0 + 4
@@ -205,9 +209,11 @@ def _kernel(numba):
                 while done < min(ny, y0 + 8):
                     y = done
                     t = done % rows.shape[1]
+                    im, kept, at, fs = src, saved, plane, from_saved
                     sum9x4(rows[0, t], rows[1, t], rows[2, t], rows[3, t],
-                           (source_row(src, saved, plane, from_saved, y, 0), source_row(src, saved, plane, from_saved, y, 1), source_row(src, saved, plane, from_saved, y, 2), source_row(src, saved, plane, from_saved, y, 3), source_row(src, saved, plane, from_saved, y, 4), source_row(src, saved, plane, from_saved, y, 5),
-                            source_row(src, saved, plane, from_saved, y, 6), source_row(src, saved, plane, from_saved, y, 7), source_row(src, saved, plane, from_saved, y, 8), source_row(src, saved, plane, from_saved, y, 9), source_row(src, saved, plane, from_saved, y, 10), source_row(src, saved, plane, from_saved, y, 11)), kz)
+                           (source(im, kept, at, fs, y, 0), source(im, kept, at, fs, y, 1), source(im, kept, at, fs, y, 2), source(im, kept, at, fs, y, 3),
+                            source(im, kept, at, fs, y, 4), source(im, kept, at, fs, y, 5), source(im, kept, at, fs, y, 6), source(im, kept, at, fs, y, 7),
+                            source(im, kept, at, fs, y, 8), source(im, kept, at, fs, y, 9), source(im, kept, at, fs, y, 10), source(im, kept, at, fs, y, 11)), kz)
                     done += 1
                 for k in range(12):
                     row[k] = reflect(y0 + k - 4, ny) % rows.shape[1]
@@ -221,8 +227,9 @@ def _kernel(numba):
                         line = padded[dy]
                         for x in range(4):      # reflected voxels either side, for the x sums
                             left, right = reflect(x - 4, nx), reflect(nx + x, nx)
-                            line[x * c:(x + 1) * c] = line[(4 + left) * c:(5 + left) * c]
-                            line[(nx + 4 + x) * c:(nx + 5 + x) * c] = line[(4 + right) * c:(5 + right) * c]
+                            for ch in range(c):
+                                line[x * c + ch] = line[(4 + left) * c + ch]
+                                line[(nx + 4 + x) * c + ch] = line[(4 + right) * c + ch]
                         sum9(dst[z0 + dz, y0 + dy], line, line[c:], line[2 * c:], line[3 * c:], line[4 * c:],
                              line[5 * c:], line[6 * c:], line[7 * c:], line[8 * c:], kx)
 

@@ -593,37 +593,37 @@ def _discontinuity_kernel(numba):
     each plane computed once. Per voxel: the squared differences summed over
     the channels in channel order, one axis at a time (z, y, x) added to a
     float32 accumulator, as the array path's ``d.sum(axis=0)`` and ``acc +=``
-    do; the same bits.
+    do; the same bits. The helpers are inner functions, not dispatchers of
+    their own, so that the kernel's disk cache is found again in the next
+    process (see :func:`segment.blur._kernel`).
     """
 
     @numba.njit(cache=True, nogil=True)
-    def directions(b, z, floor2, plane, row):
-        # row by row, channel by channel: loops over x that vectorise
-        k, _, ny, nx = b.shape
-        for y in range(ny):
-            row[:] = 0.0
-            for c in range(k):
-                for x in range(nx):
-                    v = b[c, z, y, x]
-                    row[x] += v * v
-            for x in range(nx):
-                row[x] = np.sqrt(row[x] + floor2)
-            for c in range(k):
-                for x in range(nx):
-                    plane[c, y, x] = b[c, z, y, x] / row[x]
-
-    @numba.njit(cache=True, nogil=True)
-    def add_squared_differences(upper, y_upper, lower, y_lower, s):
-        # s[x] := sum over channels, in order, of (upper[c, y_upper, x] - lower[c, y_lower, x])^2,
-        # on whole (k, ny, nx) planes: C-contiguous, so the loop over x vectorises
-        s[:] = 0.0
-        for c in range(upper.shape[0]):
-            for x in range(upper.shape[2]):
-                d = upper[c, y_upper, x] - lower[c, y_lower, x]
-                s[x] += d * d
-
-    @numba.njit(cache=True, nogil=True)
     def discontinuity(b, floor2, out):
+        def directions(b, z, floor2, plane, row):
+            # row by row, channel by channel: loops over x that vectorise
+            k, _, ny, nx = b.shape
+            for y in range(ny):
+                row[:] = 0.0
+                for c in range(k):
+                    for x in range(nx):
+                        v = b[c, z, y, x]
+                        row[x] += v * v
+                for x in range(nx):
+                    row[x] = np.sqrt(row[x] + floor2)
+                for c in range(k):
+                    for x in range(nx):
+                        plane[c, y, x] = b[c, z, y, x] / row[x]
+
+        def add_squared_differences(upper, y_upper, lower, y_lower, s):
+            # s[x] := sum over channels, in order, of (upper[c, y_upper, x] - lower[c, y_lower, x])^2,
+            # on whole (k, ny, nx) planes: C-contiguous, so the loop over x vectorises
+            s[:] = 0.0
+            for c in range(upper.shape[0]):
+                for x in range(upper.shape[2]):
+                    d = upper[c, y_upper, x] - lower[c, y_lower, x]
+                    s[x] += d * d
+
         k, nz, ny, nx = b.shape
         ring = np.empty((3, k, ny, nx), np.float32)
         acc = np.empty(nx, np.float32)
