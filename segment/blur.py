@@ -105,6 +105,8 @@ def blur_channels_last(image, sigma, *, truncate: float, output=None):
         weights[axis, MAX_TAPS // 2 - r:MAX_TAPS // 2 + r + 1] = t
     z, y, x, c = image.shape
     in_place = bool(np.may_share_memory(image, output))
+    if in_place and image.__array_interface__["data"][0] != output.__array_interface__["data"][0]:
+        image, in_place = image.copy(), False   # overlapping but not the same array: the ring cannot help
     saved, rows, padded = _buffers(y, x * c, c, in_place)
     kernel(image.reshape(z, y, x * c), output.reshape(z, y, x * c), weights, c, saved, rows, padded, in_place)
     return output

@@ -37,6 +37,13 @@ def test_blur_equals_scipy_and_in_place_gives_the_same_bits(shape, sigma):
     np.testing.assert_array_equal(into, out)
 
 
+def test_blur_into_an_overlapping_view_blurs_the_original():
+    base = np.random.default_rng(7).random((9, 6, 5, 2), dtype=np.float32)
+    expected = _scipy(base[:8], (1.5, 1.5, 1.5))
+    blur_channels_last(base[:8], (1.5, 1.5, 1.5), truncate=PSF_TRUNCATE, output=base[1:])
+    np.testing.assert_allclose(base[1:], expected, rtol=0, atol=1e-6)
+
+
 def test_blur_runs_the_numba_pass_for_kernels_up_to_nine_taps(monkeypatch):
     pytest.importorskip("numba")
     calls = []
