@@ -161,9 +161,20 @@ def _kernel(numba):
                 i += period
             return i if i < n else period - 1 - i
 
-        def source(image, kept, plane, from_saved, y, k):
-            # row y of a z block's k-th source plane: its saved original (kept), or the image's plane
-            return kept[plane[k], y] if from_saved[k] else image[plane[k], y]
+        def sources(image, kept, plane, from_saved, y):
+            # row y of each of a z block's 12 source planes: its saved original (kept), or the image's plane
+            return (kept[plane[0], y] if from_saved[0] else image[plane[0], y],
+                    kept[plane[1], y] if from_saved[1] else image[plane[1], y],
+                    kept[plane[2], y] if from_saved[2] else image[plane[2], y],
+                    kept[plane[3], y] if from_saved[3] else image[plane[3], y],
+                    kept[plane[4], y] if from_saved[4] else image[plane[4], y],
+                    kept[plane[5], y] if from_saved[5] else image[plane[5], y],
+                    kept[plane[6], y] if from_saved[6] else image[plane[6], y],
+                    kept[plane[7], y] if from_saved[7] else image[plane[7], y],
+                    kept[plane[8], y] if from_saved[8] else image[plane[8], y],
+                    kept[plane[9], y] if from_saved[9] else image[plane[9], y],
+                    kept[plane[10], y] if from_saved[10] else image[plane[10], y],
+                    kept[plane[11], y] if from_saved[11] else image[plane[11], y])
 
         def sum9(out, r0, r1, r2, r3, r4, r5, r6, r7, r8, w):
             # out = sum_k w[k] r_k, in tap order; rows sliced to out's length so the loop vectorises
@@ -210,22 +221,18 @@ def _kernel(numba):
             done = 0                        # z-filtered rows [0, done) of this block's planes exist
             for y0 in range(0, ny, 4):
                 while done < min(ny, y0 + 8):
-                    y = done
-                    t = done % rows.shape[1]
-                    im, kept, at, fs = src, saved, plane, from_saved
-                    sum9x4(rows[0, t], rows[1, t], rows[2, t], rows[3, t],
-                           (source(im, kept, at, fs, y, 0), source(im, kept, at, fs, y, 1), source(im, kept, at, fs, y, 2), source(im, kept, at, fs, y, 3),
-                            source(im, kept, at, fs, y, 4), source(im, kept, at, fs, y, 5), source(im, kept, at, fs, y, 6), source(im, kept, at, fs, y, 7),
-                            source(im, kept, at, fs, y, 8), source(im, kept, at, fs, y, 9), source(im, kept, at, fs, y, 10), source(im, kept, at, fs, y, 11)), kz)
+                    slot = done % rows.shape[1]
+                    sum9x4(rows[0, slot], rows[1, slot], rows[2, slot], rows[3, slot],
+                           sources(src, saved, plane, from_saved, done), kz)
                     done += 1
                 for k in range(12):
                     row[k] = reflect(y0 + k - 4, ny) % rows.shape[1]
                 lo, hi = 4 * c, 4 * c + width   # the unpadded middle of each padded row
                 for dz in range(min(4, nz - z0)):
-                    t = rows[dz]
+                    zf = rows[dz]               # this plane's z-filtered rows
                     sum9x4(padded[0, lo:hi], padded[1, lo:hi], padded[2, lo:hi], padded[3, lo:hi],
-                           (t[row[0]], t[row[1]], t[row[2]], t[row[3]], t[row[4]], t[row[5]],
-                            t[row[6]], t[row[7]], t[row[8]], t[row[9]], t[row[10]], t[row[11]]), ky)
+                           (zf[row[0]], zf[row[1]], zf[row[2]], zf[row[3]], zf[row[4]], zf[row[5]],
+                            zf[row[6]], zf[row[7]], zf[row[8]], zf[row[9]], zf[row[10]], zf[row[11]]), ky)
                     for dy in range(min(4, ny - y0)):
                         line = padded[dy]
                         for x in range(4):      # reflected voxels either side, for the x sums
