@@ -38,6 +38,7 @@ Measured on the fit's (64, 144, 144, 8) buffer, σ 1.5 voxels, in place
 
 from __future__ import annotations
 
+import functools
 import threading
 
 import numpy as np
@@ -92,17 +93,13 @@ def blur_channels_last(image, sigma, *, truncate: float, output=None):
     sigma = tuple(float(s) for s in sigma)
     if len(sigma) != 3:
         raise ValueError(f"blur_channels_last: sigma must be (z, y, x), got {sigma}")
-    taps = [gaussian_kernel1d(s, truncate=truncate) if s > 1e-15 else np.ones(1) for s in sigma]
+    weights = _weights(sigma, float(truncate))
     kernel = _kernel()
-    fits = (kernel is not None and max(t.size for t in taps) <= MAX_TAPS and image.dtype == np.float32
+    fits = (kernel is not None and weights is not None and image.dtype == np.float32
             and image.flags.c_contiguous and output.flags.c_contiguous and image.size > 0)
     if not fits:
         _blur_elsewhere(image, sigma, truncate, output)
         return output
-    weights = np.zeros((3, MAX_TAPS), np.float32)
-    for axis, t in enumerate(taps):
-        r = t.size // 2
-        weights[axis, MAX_TAPS // 2 - r:MAX_TAPS // 2 + r + 1] = t
     z, y, x, c = image.shape
     in_place = bool(np.may_share_memory(image, output))
     if in_place and image.__array_interface__["data"][0] != output.__array_interface__["data"][0]:
@@ -110,6 +107,23 @@ def blur_channels_last(image, sigma, *, truncate: float, output=None):
     saved, rows, padded = _buffers(y, x * c, c, in_place)
     kernel(image.reshape(z, y, x * c), output.reshape(z, y, x * c), weights, c, saved, rows, padded, in_place)
     return output
+
+
+@functools.lru_cache(maxsize=64)
+def _weights(sigma: tuple, truncate: float):
+    """The (3, 9) float32 taps of z, y and x, centred and padded with zeros; None when one is wider.
+
+    Cached and read-only: the fit blurs with the same sigma hundreds of times per block.
+    """
+    weights = np.zeros((3, MAX_TAPS), np.float32)
+    for axis, s in enumerate(sigma):
+        taps = gaussian_kernel1d(s, truncate=truncate) if s > 1e-15 else np.ones(1)
+        if taps.size > MAX_TAPS:
+            return None
+        r = taps.size // 2
+        weights[axis, MAX_TAPS // 2 - r:MAX_TAPS // 2 + r + 1] = taps
+    weights.flags.writeable = False
+    return weights
 
 
 def _blur_elsewhere(image, sigma, truncate: float, output) -> None:
@@ -130,10 +144,9 @@ def _buffers(y: int, width: int, c: int, in_place: bool):
     """
     planes = _SAVED_PLANES if in_place else 0
     need = (planes * y * width, _BLOCK * _ROW_RING * width, _BLOCK * (width + (MAX_TAPS - 1) * c))
-    kept = getattr(_scratch, "buffers", None)
-    if kept is None or any(k.size < n for k, n in zip(kept, need)):
-        kept = tuple(np.zeros(max(n, k.size if kept else 0), np.float32)
-                     for n, k in zip(need, kept or (None,) * 3))
+    kept = getattr(_scratch, "buffers", None) or (np.empty(0, np.float32),) * 3
+    if any(k.size < n for k, n in zip(kept, need)):
+        kept = tuple(np.zeros(max(n, k.size), np.float32) for n, k in zip(need, kept))
         _scratch.buffers = kept
     return (kept[0][:need[0]].reshape(planes, y, width),
             kept[1][:need[1]].reshape(_BLOCK, _ROW_RING, width),
