@@ -55,6 +55,14 @@ def test_blur_runs_the_numba_pass_for_kernels_up_to_nine_taps(monkeypatch):
     assert len(calls) == 1
 
 
+def test_blur_taps_are_centred_and_mirror_symmetric():
+    """The kernel adds mirrored taps before multiplying (w[8 - k] == w[k]); zero padding keeps that."""
+    for sigma in [s for row in SIGMAS for s in row] + [0.3, 1.1, 1.79]:
+        weights = blur_module._weights((sigma, sigma, sigma), PSF_TRUNCATE)
+        np.testing.assert_array_equal(weights, weights[:, ::-1])
+        assert weights.shape == (3, MAX_TAPS) and abs(float(weights[0].sum()) - 1.0) < 1e-6
+
+
 @pytest.mark.parametrize("case", ["wide kernel", "float64", "strided"])
 def test_blur_falls_back_to_the_opencv_gaussian_with_the_same_result(case):
     rng = np.random.default_rng(3)
