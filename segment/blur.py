@@ -49,7 +49,7 @@ from pipeline.filters import gaussian, gaussian_kernel1d
 
 from .jit import numba_kernels
 
-__all__ = ["MAX_TAPS", "blur_channels_last"]
+__all__ = ["MAX_TAPS", "blur_channels_last", "one_pass_takes"]
 
 #: Taps per axis of the numba pass (radius 4); wider kernels go to pipeline.filters.gaussian.
 MAX_TAPS = 9
@@ -109,6 +109,16 @@ def blur_channels_last(image, sigma, *, truncate: float, output=None):
     saved, rows, padded = _buffers(y, x * c, c, in_place)
     kernel(image.reshape(z, y, x * c), output.reshape(z, y, x * c), weights, c, saved, rows, padded, in_place)
     return output
+
+
+def one_pass_takes(sigma, truncate: float) -> bool:
+    """Whether :func:`blur_channels_last` blurs float32 stacks with ``sigma`` in its numba pass.
+
+    Then each channel's result is the same whatever channels are blurred with
+    it; the OpenCV fallback filters the stack as one array and does not
+    promise that bit for bit.
+    """
+    return _kernel() is not None and _weights(tuple(float(s) for s in sigma), float(truncate)) is not None
 
 
 @functools.lru_cache(maxsize=64)

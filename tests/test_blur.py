@@ -7,7 +7,7 @@ import pytest
 import scipy.ndimage as ndi
 
 import segment.blur as blur_module
-from segment.blur import MAX_TAPS, blur_channels_last
+from segment.blur import MAX_TAPS, blur_channels_last, one_pass_takes
 from segment.kernels import PSF_TRUNCATE
 
 
@@ -53,6 +53,7 @@ def test_blur_runs_the_numba_pass_for_kernels_up_to_nine_taps(monkeypatch):
     assert calls == []
     blur_channels_last(image, (2.0, 1.5, 1.5), truncate=PSF_TRUNCATE)   # radius 5 on z: OpenCV
     assert len(calls) == 1
+    assert one_pass_takes((1.5, 1.5, 1.5), PSF_TRUNCATE) and not one_pass_takes((2.0, 1.5, 1.5), PSF_TRUNCATE)
 
 
 def test_blur_taps_are_centred_and_mirror_symmetric():

@@ -186,6 +186,19 @@ def test_fused_richardson_lucy_equals_the_array_loop_bit_for_bit(monkeypatch, me
     np.testing.assert_array_equal(fused, plain)
 
 
+@pytest.mark.parametrize("group", [1, 2, 5])
+@pytest.mark.parametrize("sigma", [(1.2, 1.5, 1.5), (2.0, 0.8, 0.8)])        # 2.0: wider than the numba blur
+def test_host_richardson_lucy_in_channel_groups_equals_the_array_loop(monkeypatch, group, sigma):
+    """The fused loop takes the channels in groups, channels last (here 1, 2 + 2 + 1, or all 5 at
+    once): every grouping gives the array loop's bits, through the numba blur or OpenCV's."""
+    pytest.importorskip("numba")
+    x = np.random.default_rng(group).random((5, 10, 13, 12)).astype(np.float32)
+    monkeypatch.setattr(kernels, "RL_GROUP_BYTES", group * 4 * 10 * 13 * 12)
+    fused = kernels.deconvolve(x, sigma, 6)
+    monkeypatch.setattr(kernels, "_rl_kernels", lambda: None)
+    np.testing.assert_array_equal(fused, kernels.deconvolve(x, sigma, 6))
+
+
 @pytest.mark.parametrize("coarse_shape, fine_yx", [((2, 3, 5, 7), (10, 14)), ((3, 4, 7, 6), (13, 11)),
                                                    ((1, 2, 1, 1), (2, 1)), ((8, 5, 9, 9), (17, 17))])
 def test_fused_upsampled_gain_equals_the_array_path_bit_for_bit(monkeypatch, coarse_shape, fine_yx):
