@@ -27,7 +27,7 @@ def test_benchmark_script_runs_and_reports_structure(tmp_path):
     assert report["shape"] == [16, 64, 64]
     assert set(report["pipeline"]["stages_s"]) >= {"segment", "puncta", "measure", "synapses"}
     assert len(report["pipeline"]["runs_s"]) == 1
-    assert {"seeds", "watershed_masked", "watershed_dense", "chain_masked"} <= set(report["skimage"])
+    assert {"seeds", "watershed_masked", "watershed_dense", "chain_masked", "watershed_ours"} <= set(report["skimage"])
     assert report["cc3d"]["agree_6"] is True and report["cc3d"]["agree_26"] is True
     assert {"read", "write"} <= set(report["zarr"])
     assert len(report["rss"]["runs"]) == 2 and "peak_ratio" in report["rss"]
