@@ -25,12 +25,11 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from .suite import _make_sample, _shape
+from .suite import _make_sample, _shape, scratch_dir
 
 log = logging.getLogger("benchmarks.ab")
 
@@ -99,7 +98,7 @@ def main(argv=None) -> int:
         parser.error(f"--repeats must be at least 1, got {args.repeats}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     sides = {"baseline": baseline, "this": HERE}
-    root = Path(tempfile.mkdtemp(prefix="oc-ab-", dir=args.tmpdir))
+    root = scratch_dir("oc-ab-", args.tmpdir)
     try:
         sample = _make_sample(root, args.shape, 0)
         runs: dict[str, list[dict]] = {name: [] for name in sides}

@@ -46,13 +46,12 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from .suite import _make_sample, _shape, _workflow_config
+from .suite import _make_sample, _shape, scratch_dir, _workflow_config
 
 log = logging.getLogger("benchmarks.heap_cost")
 
@@ -126,7 +125,7 @@ def main(argv=None) -> int:
     if "nanny" in modes and not args.workers:
         parser.error("mode nanny is about Dask's workers: give --workers N")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
-    root = Path(tempfile.mkdtemp(prefix="oc-heap-", dir=args.tmpdir))
+    root = scratch_dir("oc-heap-", args.tmpdir)
     try:
         sample = _make_sample(root, args.shape, 0)
         log.info("warm-up run (%s, untimed)", modes[0])

@@ -508,10 +508,20 @@ def _make_sample(root: Path, shape, seed: int) -> Path:
     return path
 
 
+def scratch_dir(prefix: str, tmpdir: str | None) -> Path:
+    """A fresh temporary folder for samples and runs, inside ``tmpdir`` (created if missing) or the system's."""
+    if tmpdir is not None:
+        parent = Path(tmpdir)
+        if parent.exists() and not parent.is_dir():
+            raise SystemExit(f"--tmpdir {parent}: exists and is not a folder")
+        parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=tmpdir))
+
+
 def run_suite(args: argparse.Namespace) -> dict:
     """Run the selected benchmarks; returns everything measured as one JSON-able dict."""
     stages = args.stages
-    root = Path(tempfile.mkdtemp(prefix="oc-bench-", dir=args.tmpdir))
+    root = scratch_dir("oc-bench-", args.tmpdir)
     try:
         report = {"machine": machine_info(), "shape": list(args.shape), "block_shape": list(args.block_shape),
                   "repeats": args.repeats, "warmup": 1, "stages": list(stages),

@@ -141,3 +141,13 @@ def test_ab_script_runs_each_checkout_from_its_own_code(tmp_path):
     rows = {line.split()[0]: line.split() for line in out.stdout.splitlines() if line.startswith(("baseline ", "this "))}
     assert set(rows) == {"baseline", "this"} and rows["baseline"][-1] == "1.000"
     assert "same labels: yes" in out.stdout           # the same code on both sides writes the same bits
+
+
+def test_scratch_dir_creates_a_missing_tmpdir_and_refuses_a_file(tmp_path):
+    from benchmarks.suite import scratch_dir
+
+    made = scratch_dir("oc-test-", str(tmp_path / "not" / "yet"))
+    assert made.is_dir() and made.parent == tmp_path / "not" / "yet"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SystemExit, match="not a folder"):
+        scratch_dir("oc-test-", str(tmp_path / "file"))
