@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline import array_module, to_host
+from pipeline.filters import maximum
 
 __all__ = [
     "Codebook",
@@ -510,7 +511,7 @@ def refine_contacts(labels, barcodes, centroids, identity):
     if cent.shape[0] == 0 or lab.ndim != 3 or not bool(lab.any()):
         return lab
     neighbours = _neighbour_views(lab)
-    where = xp.nonzero(contact_voxels(lab, neighbours))
+    where = xp.nonzero(contact_voxels(lab))
     m = int(where[0].size)
     if m == 0:
         return lab
@@ -548,24 +549,25 @@ def _neighbour_views(lab) -> list:
             for dz in (-1, 0, 1) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dz, dy, dx) != (0, 0, 0)]
 
 
-def contact_voxels(labels, neighbours=None):
+def contact_voxels(labels):
     """Labelled voxels with a 26-neighbour of another non-zero label (bool, on the device of ``labels``).
 
-    ``neighbours``: the caller's :func:`_neighbour_views` of ``labels``, if it has them.
+    A voxel labelled ``L`` touches another label when the largest label of its
+    3 x 3 x 3 box is above ``L`` or the smallest non-zero one below it: two
+    maximum filters (:func:`pipeline.filters.maximum`, OpenCV's ``dilate`` on
+    the host for 16-bit labels) instead of 26 comparisons with each neighbour.
     """
     xp = array_module(labels)
-    contact = xp.zeros(labels.shape, dtype=bool)
-    # two reused planes instead of three temporaries per neighbour (78 block-sized arrays, each
-    # fresh memory to fault in)
-    differs, labelled = xp.empty(labels.shape, dtype=bool), xp.empty(labels.shape, dtype=bool)
-    for nb in (neighbours if neighbours is not None else _neighbour_views(labels)):
-        xp.not_equal(nb, labels, out=differs)
-        xp.greater(nb, 0, out=labelled)
-        differs &= labelled
-        contact |= differs
-    xp.greater(labels, 0, out=labelled)
-    contact &= labelled
-    return contact
+    top = int(labels.max()) if labels.size else 0
+    if top == 0:
+        return xp.zeros(labels.shape, dtype=bool)
+    lab = labels.astype(xp.uint16 if top < np.iinfo(np.uint16).max else xp.int64, copy=False)
+    ceiling = lab.dtype.type(top + 1)
+    # ceiling - label: the box's largest of these is ceiling minus its smallest non-zero label
+    flipped = xp.where(lab > 0, ceiling - lab, 0).astype(lab.dtype)
+    above = maximum(lab, 3) > lab
+    below = (ceiling - maximum(flipped, 3)) < lab
+    return (lab > 0) & (above | below)
 
 
 def despeckle(labels, mask, landscape, min_size: int):

@@ -591,12 +591,13 @@ def test_numba_kernels_are_built_once_and_none_without_numba(monkeypatch):
     assert again() == "built" and again() == "built" and len(calls) == 1
 
 
+@pytest.mark.parametrize("top", [4, 70000])                  # 16-bit labels (OpenCV) and wider ones (scipy)
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_contact_voxels_are_labelled_voxels_with_another_label_among_their_26_neighbours(seed):
+def test_contact_voxels_are_labelled_voxels_with_another_label_among_their_26_neighbours(seed, top):
     from segment.codebook import contact_voxels
 
     rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 4, (5, 7, 6)).astype(np.uint32)
+    labels = rng.integers(0, 4, (5, 7, 6)).astype(np.uint32) * (top // 3)     # up to 3 or 69,999
     labels[rng.random(labels.shape) < 0.5] = 0
     expected = np.zeros(labels.shape, bool)
     for index in np.ndindex(labels.shape):
