@@ -574,15 +574,17 @@ def despeckle(labels, mask, landscape, min_size: int):
     """Remove 26-connected specks smaller than ``min_size`` and flood every masked voxel.
 
     Specks and unlabelled voxels inside ``mask`` take the label of the
-    surrounding regions by a seeded watershed on ``landscape`` (on the GPU:
-    the device flood of :mod:`segment.flood`, no copy to the host). Returns
-    labels of the same kind as ``labels``.
+    surrounding regions by a seeded watershed on ``landscape`` (on the host
+    the bucket queue of :mod:`segment.watershed`; on the GPU the device flood
+    of :mod:`segment.flood`, no copy to the host). Returns labels of the same
+    kind as ``labels``.
     """
     if type(labels).__module__.startswith("cupy"):
         return _despeckle_device(labels, mask, landscape, min_size)
     import cc3d
     import fastremap
-    from skimage.segmentation import watershed
+
+    from .watershed import watershed
 
     lab = np.ascontiguousarray(to_host(labels)).astype(np.uint32, copy=False)
     m = to_host(mask).astype(bool, copy=False)
@@ -594,7 +596,7 @@ def despeckle(labels, mask, landscape, min_size: int):
             lab = lab.copy()
             lab[fastremap.mask(comps, small) != comps] = 0
     if (m & (lab == 0)).any() and lab.any():
-        lab = watershed(to_host(landscape), markers=lab.astype(np.int32), mask=m).astype(np.uint32)
+        lab = watershed(to_host(landscape), lab, m)
     lab[~m] = 0
     return lab
 

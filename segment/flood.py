@@ -51,8 +51,12 @@ def quantise(landscape, mask, levels: int = 256):
     span = float(hi - lo)
     if span <= 0:
         return xp.zeros(land.shape, dtype=dtype)
-    q = xp.rint((land - lo) * np.float32((int(levels) - 1) / span))
-    return xp.clip(q, 0, int(levels) - 1).astype(dtype)
+    # in place on one temporary: the same float32 operations as rint((land - lo) * k), clipped
+    q = land - lo
+    q *= np.float32((int(levels) - 1) / span)
+    xp.rint(q, out=q)
+    xp.clip(q, 0, int(levels) - 1, out=q)
+    return q.astype(dtype)
 
 
 # One CUDA kernel for the gather step on CuPy arrays (the same arithmetic as
