@@ -833,7 +833,7 @@ def seeded_watershed(landscape, seeds, mask):
     Masked components that no seed reaches get a label of their own (after the
     seed labels). On the CPU this is the bucket queue of
     :mod:`segment.watershed` (scikit-image's watershed of the landscape
-    quantised to 65,536 levels, bit for bit; 4-5x faster); on the GPU the
+    quantised to 65,536 levels, bit for bit; 3-5x faster); on the GPU the
     level-synchronous flood of :mod:`segment.flood` on the device (the same
     basins up to ties, see there; 6-connected, 256 levels).
     """
