@@ -5,7 +5,7 @@ Usage::
     connectome ingest SOURCE... OUT.zarr --channels CHANNELS.yaml
         [--voxel-size Z,Y,X] [--unit UNIT] [--expansion-factor F] [--chunks Z,Y,X]
         [--shards Z,Y,X] [--levels N] [--dtype DTYPE] [--scaling clip|range|window]
-        [--compression zstd|blosc|none] [--compression-level L] [--scheduler synchronous|local|tcp://HOST:PORT]
+        [--compression blosc|zstd|none] [--compression-level L] [--scheduler synchronous|local|tcp://HOST:PORT]
         [--overwrite]
 
 Command-line values override the same keys in ``CHANNELS.yaml``. Rerunning
@@ -65,9 +65,9 @@ def add_ingest_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--dtype", help="output dtype (default: keep the sources')")
     p.add_argument("--scaling", choices=("clip", "range", "window"),
                    help="value mapping for a lossy --dtype conversion")
-    p.add_argument("--compression", choices=("zstd", "blosc", "none"), help="chunk compression (default zstd)")
+    p.add_argument("--compression", choices=("zstd", "blosc", "none"), help="chunk compression (default blosc: zstd after a byte shuffle)")
     p.add_argument("--compression-level", type=int, metavar="L",
-                   help="compressor level (default: Zarr's, zstd 3; 1 writes much faster)")
+                   help="compressor level (default 3; blosc takes 0-9)")
     p.add_argument("--scheduler", default="synchronous",
                    help="'synchronous' (default: this process), 'local' (a Dask LocalCluster) or tcp://HOST:PORT")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")

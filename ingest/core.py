@@ -486,15 +486,15 @@ def _prepare_output(out: Path, fingerprint: str, overwrite: bool) -> str:
 
 def _apply_codecs(volume: Volume, compression: str, level: int | None, shards) -> None:
     """Recreate the (still empty) level arrays with another compressor and/or shards."""
-    if compression == "zstd" and level is None and shards is None:
-        return  # Volume.create's arrays already use Zarr's default zstd
+    if compression == "blosc" and level is None and shards is None:
+        return  # Volume.create's arrays already use pipeline.volume.COMPRESSORS
     from zarr.codecs import BloscCodec, ZstdCodec
 
     if compression == "zstd":
-        compressors = ZstdCodec(level=level) if level is not None else "auto"
+        compressors = ZstdCodec(level=level) if level is not None else ZstdCodec()
     elif compression == "blosc":
-        clevel = 5 if level is None else min(max(level, 0), 9)
-        compressors = BloscCodec(cname="zstd", clevel=clevel, shuffle="bitshuffle")
+        clevel = 3 if level is None else min(max(level, 0), 9)
+        compressors = BloscCodec(cname="zstd", clevel=clevel, shuffle="shuffle")
     else:
         compressors = None
     for level in range(volume.levels):
@@ -600,9 +600,10 @@ def ingest(
     dtype, scaling : str, optional
         Output dtype and value mapping (see the dtype rule in the module doc).
     compression : str, optional
-        ``zstd`` (default), ``blosc`` or ``none``.
+        ``blosc`` (default: zstd after a byte shuffle, :data:`pipeline.volume.COMPRESSORS`),
+        ``zstd`` (Zarr's default codec) or ``none``.
     compression_level : int, optional
-        Compressor level (default: Zarr's, zstd 3); 1 is much faster to write.
+        Compressor level (default 3; Blosc takes 0-9).
     shards : (int, int, int), optional
         Shard shape, a multiple of ``chunks``.
     overwrite : bool

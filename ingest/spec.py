@@ -203,10 +203,13 @@ class IngestConfig(StrictModel):
         ``clip``, ``range`` or ``window``: how values are mapped to ``dtype``;
         required when the conversion could lose values.
     compression : str
-        ``zstd`` (default), ``blosc`` (zstd + bit shuffle) or ``none``.
+        ``blosc`` (default): zstd after a byte shuffle, the codec of every array
+        the pipeline writes (:data:`pipeline.volume.COMPRESSORS`); on 16-bit
+        channels about 15 % smaller chunks than ``zstd`` alone, written about 4x
+        and read about 1.8x faster. ``zstd`` (Zarr's default codec) or ``none``.
     compression_level : int, optional
-        Compressor level; by default Zarr's (zstd 3). Level 1 writes about
-        2.5x faster for about 10 % larger uint16 chunks.
+        Compressor level; by default 3. Blosc takes 0-9; for ``zstd`` level 1
+        writes about 2.5x faster for about 10 % larger uint16 chunks.
     window_percentiles : (float, float)
         Percentiles of the sampled values that give each channel's display window.
     block_mib : float
@@ -223,7 +226,7 @@ class IngestConfig(StrictModel):
     levels: int = Field(default=1, ge=1)
     dtype: str | None = None
     scaling: Literal["clip", "range", "window"] | None = None
-    compression: Literal["zstd", "blosc", "none"] = "zstd"
+    compression: Literal["zstd", "blosc", "none"] = "blosc"
     compression_level: int | None = Field(default=None, ge=-7, le=22)
     window_percentiles: tuple[float, float] = (1.0, 99.9)
     block_mib: float = Field(default=32.0, gt=0)

@@ -45,7 +45,7 @@ import zarr
 from pipeline import BlockGrid, ConfigError, Executor, Volume, VolumeError, resolve_device, run_blockwise
 from pipeline.isolate import call_isolated
 from pipeline.storage import array_digest, atomic_path, write_json
-from pipeline.volume import create_label_image, open_label_image
+from pipeline.volume import COMPRESSORS, create_label_image, open_label_image
 
 from . import kernels
 from .agglomerate import EdgeTable, FragmentTable, agglomerate, proximity_links
@@ -125,7 +125,7 @@ def _ensure_array(path: Path, shape, chunks, dtype, stale_state: list[Path]) -> 
         if state.exists():
             shutil.rmtree(state)
     zarr.create_array(str(path), shape=tuple(shape), chunks=tuple(chunks), dtype=dtype, fill_value=0,
-                      dimension_names=("c", "z", "y", "x")[-len(shape):])
+                      compressors=COMPRESSORS, dimension_names=("c", "z", "y", "x")[-len(shape):])
     return str(path)
 
 

@@ -151,3 +151,14 @@ def test_scratch_dir_creates_a_missing_tmpdir_and_refuses_a_file(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(SystemExit, match="not a folder"):
         scratch_dir("oc-test-", str(tmp_path / "file"))
+
+
+def test_codec_benchmark_compares_every_codec_on_the_same_bytes(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "benchmarks.codecs", "--shape", "16,64,64", "--repeats", "1",
+                          "--tmpdir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| ") and not line.startswith("| codec")]
+    assert [row.split("|")[1].strip() for row in rows] == [
+        "zarr default (zstd 3)", "pipeline (blosc zstd 3 shuffle)", "blosc zstd 5 bitshuffle", "blosc lz4 5 shuffle"]
+    assert rows[0].rstrip(" |").endswith("×1.00 | ×1.00")
+    assert not list(tmp_path.glob("oc-codecs-*"))

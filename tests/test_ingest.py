@@ -407,13 +407,39 @@ def test_cli_parser(tmp_path, capsys):
         parser.parse_args(["ingest", "a", "b", "--channels", "c.yaml", "--voxel-size", "0,1,1"])
 
 
-def test_compression_level(tmp_path):
+def _codecs(vol, level=0):
+    return json.loads((vol.path / str(level) / "zarr.json").read_text())["codecs"]
+
+
+def _blosc(codecs):
+    return next(c["configuration"] for c in codecs if c["name"] == "blosc")
+
+
+def test_default_codec_is_blosc_zstd_with_byte_shuffle(tmp_path):
+    data = _data((2, 4, 16, 16))
+    np.save(tmp_path / "x.npy", data)
+    spec = _spec({"name": "a", "role": "fill", "channel": 0}, {"name": "b", "role": "barcode", "channel": 1})
+    vol = _ingest([tmp_path / "x.npy"], tmp_path / "out.zarr", spec, levels=2)
+    for level in (0, 1):
+        blosc = _blosc(_codecs(vol, level))
+        assert (blosc["cname"], blosc["clevel"], blosc["shuffle"], blosc["typesize"]) == ("zstd", 3, "shuffle", 2)
+    np.testing.assert_array_equal(vol.image[:], data)
+
+
+@pytest.mark.parametrize("compression, expected", [
+    ("zstd", {"name": "zstd", "configuration": {"level": 1, "checksum": False}}),
+    ("blosc", {"cname": "zstd", "clevel": 1, "shuffle": "shuffle"}),
+])
+def test_compression_level(tmp_path, compression, expected):
     data = _data((1, 4, 16, 16))
     np.save(tmp_path / "x.npy", data)
     spec = _spec({"name": "a", "role": "fill"})
-    vol = _ingest([tmp_path / "x.npy"], tmp_path / "out.zarr", spec, compression_level=1)
-    codecs = json.loads((vol.path / "0" / "zarr.json").read_text())["codecs"]
-    assert {"name": "zstd", "configuration": {"level": 1, "checksum": False}} in codecs
+    vol = _ingest([tmp_path / "x.npy"], tmp_path / "out.zarr", spec, compression=compression, compression_level=1)
+    codecs = _codecs(vol)
+    if compression == "zstd":
+        assert expected in codecs
+    else:
+        assert expected.items() <= _blosc(codecs).items()
     np.testing.assert_array_equal(vol.image[:], data)
 
 

@@ -60,6 +60,26 @@ def test_labels(tmp_path):
         vol.labels("truth")
 
 
+def test_images_and_labels_use_the_pipeline_codec_and_tensorstore_reads_them(tmp_path):
+    ts = pytest.importorskip("tensorstore")
+    from pipeline.volume import COMPRESSORS
+
+    vol = _make(tmp_path)
+    image = np.random.default_rng(0).integers(0, 4000, vol.shape, dtype=np.uint16)
+    vol.write((slice(None),) * 3, image)
+    labels = vol.create_labels("neurons")
+    labels[:] = np.arange(np.prod(vol.spatial_shape), dtype=np.uint64).reshape(vol.spatial_shape) // 5
+    for array, path in ((vol.image, vol.path / "0"), (labels, vol.path / "labels" / "neurons" / "0")):
+        (blosc,) = array.compressors
+        expected = COMPRESSORS[0]
+        assert (blosc.cname, blosc.clevel, blosc.shuffle) == (expected.cname, expected.clevel, expected.shuffle)
+        assert (blosc.cname.value, blosc.shuffle.value) == ("zstd", "shuffle")
+        assert blosc.typesize == array.dtype.itemsize
+        read = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": str(path)}}).result()
+        np.testing.assert_array_equal(read.read().result(), array[:])
+    np.testing.assert_array_equal(vol.image[:], image)
+
+
 def test_pyramid(tmp_path):
     vol = _make(tmp_path, levels=3, shape_zyx=(8, 32, 32))
     vol.write((slice(None),) * 3, np.full(vol.shape, 100, dtype=np.uint16))
