@@ -46,8 +46,7 @@ import threading
 import numpy as np
 
 from pipeline.filters import gaussian, gaussian_kernel1d
-
-from .jit import numba_kernels
+from pipeline.jit import numba_kernels
 
 __all__ = ["MAX_TAPS", "blur_channels_last", "one_pass_takes"]
 

@@ -44,9 +44,9 @@ import numpy as np
 
 from pipeline import array_module, ndimage, to_host
 from pipeline.filters import gaussian
+from pipeline.jit import numba_kernels
 
 from .blur import blur_channels_last, one_pass_takes
-from .jit import numba_kernels
 
 __all__ = [
     "TRUNCATE",

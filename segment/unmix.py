@@ -60,10 +60,10 @@ import numpy as np
 
 from pipeline import array_module, to_host
 from pipeline.filters import gaussian, maximum
+from pipeline.jit import numba_kernels
 
 from .blur import blur_channels_last
 from .codebook import contact_voxels
-from .jit import numba_kernels
 from .kernels import PSF_TRUNCATE
 from .unmix_gpu import MAX_GROW_SLOTS, device_grow, device_slot_passes, smooth_by_sorted_entries
 

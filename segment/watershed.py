@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.jit import numba_kernels
+
 from .flood import quantise
-from .jit import numba_kernels
 
 __all__ = ["LEVELS", "watershed"]
 

@@ -26,6 +26,20 @@ def _data(shape, seed=0, dtype=np.float32):
     return np.random.default_rng(seed).random(shape).astype(dtype)
 
 
+@pytest.fixture(params=["one-pass", "opencv"])
+def engine(request, monkeypatch):
+    """The Gaussian tests run on both host engines: the numba one pass (where it applies) and OpenCV."""
+    if request.param == "opencv":
+        monkeypatch.setattr(filters, "_one_pass_kernel", lambda: None)
+    return request.param
+
+
+@pytest.fixture
+def opencv(monkeypatch):
+    """Tests of the OpenCV path's own machinery: the numba one pass stands aside."""
+    monkeypatch.setattr(filters, "_one_pass_kernel", lambda: None)
+
+
 def test_opencv_is_used():
     assert filters.opencv_available()
 
@@ -48,7 +62,7 @@ SIGMAS = [(1.0, 2.0, 2.0), (0.0, 1.5, 1.5), (2.0, 0.0, 0.0), (0.5, 0.8, 0.8), (0
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("sigma", SIGMAS, ids=str)
-def test_gaussian_matches_scipy(shape, sigma):
+def test_gaussian_matches_scipy(shape, sigma, engine):
     a = _data(shape)
     want = ndi.gaussian_filter(a, sigma, mode="reflect", truncate=4.0)
     got = gaussian(a, sigma, truncate=4.0)
@@ -58,7 +72,7 @@ def test_gaussian_matches_scipy(shape, sigma):
 
 @pytest.mark.parametrize("rows", [1, 3, 7, 32])
 @pytest.mark.parametrize("mode", ["reflect", "mirror", "nearest", "constant"])
-def test_slab_pass_equals_the_two_pass_path_bit_for_bit(monkeypatch, rows, mode):
+def test_slab_pass_equals_the_two_pass_path_bit_for_bit(monkeypatch, rows, mode, opencv):
     """Small planes go z-slab by z-slab (``_slab_pass``); the result must be the two-pass path's,
     bit for bit: slabs thinner than the kernel, derivatives, float64, channel stacks, ``output``."""
     cases = [((40, 12, 15), (1.5, 1.5, 1.5), 0, np.float32),
@@ -80,7 +94,7 @@ def test_slab_pass_equals_the_two_pass_path_bit_for_bit(monkeypatch, rows, mode)
         _close(whole, ndi.gaussian_filter(a, sigma, order=order, mode=mode), rtol=1e-4 if order else RTOL)
 
 
-def test_slab_scratch_is_kept_per_thread_and_bounded(monkeypatch):
+def test_slab_scratch_is_kept_per_thread_and_bounded(monkeypatch, opencv):
     """The run process fixes glibc's mmap threshold, so a scratch allocated per call would be a fresh
     mapping each time: the slab pass reuses one per thread, and leaves planes it cannot hold to the
     two-pass path."""
@@ -110,7 +124,7 @@ def test_slab_scratch_is_kept_per_thread_and_bounded(monkeypatch):
     assert filters._slab_rows(70, 1, 600 * 600 * 4) == 0                       # plane over the limit
 
 
-def test_slab_pass_is_not_used_in_place(monkeypatch):
+def test_slab_pass_is_not_used_in_place(monkeypatch, opencv):
     """Filtering an array into itself: a slab would read planes an earlier slab already wrote."""
     monkeypatch.setattr(filters, "_SLAB_ROWS", 4)
     a = _data((30, 10, 12), seed=5)
@@ -122,13 +136,13 @@ def test_slab_pass_is_not_used_in_place(monkeypatch):
 
 @pytest.mark.parametrize("mode", ["reflect", "mirror", "nearest", "wrap", "grid-wrap", "constant", "grid-constant"])
 @pytest.mark.parametrize("shape", [(9, 12, 15), (2, 3, 4), (1, 2, 1), (4, 50, 3)], ids=str)
-def test_gaussian_modes(mode, shape):
+def test_gaussian_modes(mode, shape, engine):
     a = _data(shape, seed=1)
     for sigma in [(1.0, 1.0, 1.0), (2.5, 0.5, 4.0)]:
         _close(gaussian(a, sigma, mode=mode), ndi.gaussian_filter(a, sigma, mode=mode))
 
 
-def test_gaussian_mixed_modes_and_cval():
+def test_gaussian_mixed_modes_and_cval(engine):
     a = _data((6, 20, 30), seed=2)
     modes = ("nearest", "mirror", "reflect")
     _close(gaussian(a, 1.5, mode=modes), ndi.gaussian_filter(a, 1.5, mode=modes))
@@ -139,7 +153,7 @@ def test_gaussian_mixed_modes_and_cval():
 
 
 @pytest.mark.parametrize("truncate", [2.0, 2.5, 3.0, 4.0, 6.0])
-def test_gaussian_truncate_and_radius(truncate):
+def test_gaussian_truncate_and_radius(truncate, engine):
     a = _data((12, 24, 24), seed=3)
     sigma = (0.7, 1.3, 2.1)
     _close(gaussian(a, sigma, truncate=truncate), ndi.gaussian_filter(a, sigma, truncate=truncate))
@@ -154,7 +168,7 @@ def test_gaussian_derivatives(order):
            rtol=2e-5)
 
 
-def test_gaussian_kernel_longer_than_array():
+def test_gaussian_kernel_longer_than_array(engine):
     # radius 40 on axes of 1..5 voxels: OpenCV reflects repeatedly, like scipy
     for shape in [(3, 4, 5), (1, 2, 3), (5, 1, 1)]:
         a = _data(shape, seed=5)
@@ -162,19 +176,19 @@ def test_gaussian_kernel_longer_than_array():
             _close(gaussian(a, 10.0, mode=mode), ndi.gaussian_filter(a, 10.0, mode=mode))
 
 
-def test_gaussian_long_kernel():
+def test_gaussian_long_kernel(engine):
     a = _data((4, 300, 300), seed=6)
     _close(gaussian(a, (0.0, 25.0, 40.0)), ndi.gaussian_filter(a, (0.0, 25.0, 40.0)))
 
 
-def test_gaussian_noncontiguous_and_views():
+def test_gaussian_noncontiguous_and_views(engine):
     base = _data((20, 40, 60), seed=7)
     for view in (base[::2, 3:35, ::3], base.transpose(2, 0, 1), base[:, :, 5:50], np.asfortranarray(base)):
         _close(gaussian(view, (1.0, 2.0, 0.5)), ndi.gaussian_filter(view, (1.0, 2.0, 0.5)))
     assert np.array_equal(base, _data((20, 40, 60), seed=7))   # input untouched
 
 
-def test_gaussian_channels_and_other_ndims():
+def test_gaussian_channels_and_other_ndims(engine):
     stack = _data((3, 8, 20, 24), seed=8)
     sigma = (0.0, 1.0, 1.5, 1.5)
     _close(gaussian(stack, sigma), ndi.gaussian_filter(stack, sigma))
@@ -194,7 +208,7 @@ def test_gaussian_channels_and_other_ndims():
     ((3, 4, 5, 6, 2), (1.0, 1.0, 1.0, 1.0, 0.0)),  # a column pass before the planes
     ((6, 8, 9, 130), (1.0, 1.0, 1.0, 0.0)),        # more channels than OpenCV takes: plain path
 ], ids=str)
-def test_gaussian_channels_last(shape, sigma, mode):
+def test_gaussian_channels_last(shape, sigma, mode, engine):
     """A trailing axis with sigma 0 rides along as OpenCV channels (one call per plane): the result
     is scipy's, and each channel's is the one its own Gaussian gives, into ``output`` or not."""
     a = _data(shape, seed=len(shape) + shape[-1])
@@ -212,7 +226,7 @@ def test_gaussian_channels_last(shape, sigma, mode):
     _close(got, one_by_one, rtol=1e-6)
 
 
-def test_gaussian_channels_last_is_one_opencv_call_per_plane(monkeypatch):
+def test_gaussian_channels_last_is_one_opencv_call_per_plane(monkeypatch, opencv):
     """The channels are not filtered one plane row at a time: a (z, y, x, c) stack costs z plane calls
     (plus its z pass), as a single channel does."""
     cv2 = filters._opencv()
@@ -234,7 +248,7 @@ def test_gaussian_channels_last_is_one_opencv_call_per_plane(monkeypatch):
     assert len(planes) == 6 and len(calls) <= 6 + 6, calls
 
 
-def test_gaussian_dtypes_output_and_zero_sigma():
+def test_gaussian_dtypes_output_and_zero_sigma(engine):
     a64 = _data((6, 16, 16), seed=10, dtype=np.float64)
     got = gaussian(a64, 1.2)
     assert got.dtype == np.float64
@@ -304,7 +318,7 @@ def test_set_num_threads():
     assert cv2.getNumThreads() == 1
 
 
-def test_all_modes_sigma_grid():
+def test_all_modes_sigma_grid(engine):
     """A denser sweep: every combination of small shapes and per-axis sigma on/off."""
     for shape in itertools.product((1, 2, 5), (1, 4), (1, 3, 9)):
         a = _data(shape, seed=sum(shape))
@@ -360,7 +374,7 @@ def test_gpu_gaussian_equals_cupyx():
     _close(cp.asnumpy(gaussian(stack[1], 1.5, radius=2)), gaussian(cp.asnumpy(stack[1]), 1.5, radius=2), rtol=1e-4)
 
 
-def test_cpu_path_does_not_call_scipy(monkeypatch):
+def test_cpu_path_does_not_call_scipy(monkeypatch, opencv):
     """The supported modes really run on OpenCV (the scipy fallback would hide a slow path)."""
     a = _data((6, 20, 24), seed=20)
     want_g = {m: ndi.gaussian_filter(a, (1.0, 1.5, 2.0), mode=m) for m in ("reflect", "mirror", "nearest", "constant")}
@@ -397,3 +411,37 @@ def test_benchmark_kernels_stage_runs(tmp_path):
     assert {"gaussian_ours", "gaussian_scipy", "maximum_ours", "maximum_scipy", "puncta", "puncta_scipy",
             "stats_ours", "stats_bincount"} <= set(kernels)
     assert kernels["puncta_n"] == kernels["puncta_scipy_n"]
+
+
+def test_one_pass_takes_float32_smoothing_in_three_modes_without_opencv_or_scipy(monkeypatch):
+    """(z, y, x) arrays and stacks with sigma 0 on c, in reflect/mirror/nearest, never reach OpenCV or scipy."""
+    a = _data((9, 21, 17, 3), seed=30)
+    want = {m: ndi.gaussian_filter(a, (1.0, 2.0, 1.5, 0.0), mode=m) for m in ("reflect", "mirror", "nearest")}
+
+    def boom(*args, **kwargs):
+        raise AssertionError("left the one pass")
+
+    monkeypatch.setattr(filters, "_call", boom)
+    monkeypatch.setattr(filters.scipy.ndimage, "gaussian_filter", boom)
+    for m, expected in want.items():
+        _close(gaussian(a, (1.0, 2.0, 1.5, 0.0), mode=m), expected)                     # channels last
+        first = np.ascontiguousarray(np.moveaxis(a, -1, 0))
+        _close(gaussian(first, (0.0, 1.0, 2.0, 1.5), mode=m), np.moveaxis(expected, -1, 0))   # channels first
+        _close(gaussian(a[..., 0], (1.0, 2.0, 1.5), mode=m), expected[..., 0])
+    b = a[..., 1].copy()
+    assert gaussian(b, 2.0, output=b) is b
+    np.testing.assert_array_equal(b, gaussian(a[..., 1], 2.0))                     # in place: the same bits
+
+
+@pytest.mark.parametrize("layout", ["channels-last", "channels-first"])
+def test_one_pass_filters_each_channel_as_on_its_own(layout):
+    """Each channel of a stack comes out bit for bit as the channel filtered alone: grouping is free."""
+    a = _data((7, 12, 10, 5), seed=31)
+    if layout == "channels-last":
+        stack = gaussian(a, (1.5, 1.5, 1.5, 0.0), truncate=2.5)
+        channels = [stack[..., i] for i in range(5)]
+    else:
+        stack = gaussian(np.ascontiguousarray(np.moveaxis(a, -1, 0)), (0.0, 1.5, 1.5, 1.5), truncate=2.5)
+        channels = list(stack)
+    for i, got in enumerate(channels):
+        np.testing.assert_array_equal(got, gaussian(np.ascontiguousarray(a[..., i]), 1.5, truncate=2.5))

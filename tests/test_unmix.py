@@ -579,7 +579,7 @@ def test_gpu_fused_kernels_equal_the_array_path(seed):
 
 
 def test_numba_kernels_are_built_once_and_none_without_numba(monkeypatch):
-    from segment.jit import numba_kernels
+    from pipeline.jit import numba_kernels
 
     calls = []
     kernels = numba_kernels(lambda numba: calls.append(numba) or "built")

@@ -1,4 +1,4 @@
-"""Numba kernels built lazily: the decorator the host kernels of :mod:`segment` share.
+"""Numba kernels built lazily: the decorator every host kernel of the pipeline shares.
 
 Numba is a dependency, but a kernel module must still import (and its array
 fallback run) where numba cannot be loaded, and importing must not compile:
