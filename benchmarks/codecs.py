@@ -5,7 +5,7 @@
 
 The image of a synthetic sample (or of ``--volume``: level 0, every channel)
 is written to a fresh Zarr v3 array with each codec below, the same chunks,
-and read back; the codecs alternate, so a slow spell of a shared machine hits
+and read back, and so is its first label image (the sample's ``truth``); the codecs alternate, so a slow spell of a shared machine hits
 them all. Zarr compresses chunks on a thread pool: ``--threads 1`` (default)
 gives it one thread, so the speeds are per core. Printed per codec: how many
 raw bytes each stored byte holds, the median write and read speed over
@@ -34,6 +34,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from pipeline import Volume
 
 from .suite import _make_sample, _shape, machine_info, scratch_dir
 
@@ -120,17 +122,24 @@ def main(argv=None) -> int:
     work = scratch_dir("oc-codecs-", args.tmpdir)
     try:
         volume = args.volume or _make_sample(work, args.shape, args.seed) / "volume.zarr"
-        source = zarr.open_array(str(Path(volume) / "0"), mode="r")
-        image = np.asarray(source[...])
+        sources = {"image": zarr.open_array(str(Path(volume) / "0"), mode="r")}
+        label_names = Volume.open(volume, mode="r").label_names()
+        if label_names:
+            sources[f"labels {label_names[0]!r}"] = zarr.open_array(
+                str(Path(volume) / "labels" / label_names[0] / "0"), mode="r")
+        tables = {}
         with zarr.config.set({"threading.max_workers": args.threads}):
-            results = compare(image, source.chunks, work, args.repeats)
+            for what, source in sources.items():
+                data = np.asarray(source[...])
+                tables[what] = (data, source.chunks, compare(data, source.chunks, work, args.repeats))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     info = machine_info()
-    print(f"machine: {info['nproc']} cores, {info['cpu_model']}; zarr {zarr.__version__}, {args.threads} codec thread(s)")
-    print(f"image {image.shape} {image.dtype} = {image.nbytes / 1e6:.0f} MB, chunks {source.chunks}; "
+    print(f"machine: {info['nproc']} cores, {info['cpu_model']}; zarr {zarr.__version__}, {args.threads} codec thread(s); "
           f"medians of {args.repeats} after a warm-up, codecs alternating")
-    print(format_table(results))
+    for what, (data, chunks, results) in tables.items():
+        print(f"\n{what} {data.shape} {data.dtype} = {data.nbytes / 1e6:.0f} MB, chunks {chunks}")
+        print(format_table(results))
     return 0
 
 

@@ -49,8 +49,9 @@ UNITS = ("nanometer", "micrometer", "millimeter", "meter")
 #: The compressor of every array the pipeline writes (images, labels, work arrays): Blosc's
 #: zstd, level 3, after a byte shuffle (a voxel's high bytes side by side, then its low ones).
 #: On the sample's 16-bit channels it keeps 2.09 bytes in 1 where Zarr's default, plain zstd 3,
-#: keeps 1.74, and compresses about 4x and decompresses about 1.8x faster per core; label
-#: images shrink 2x (``python -m benchmarks.codecs``, BENCHMARKS.md "Session 22"). Arrays
+#: keeps 1.74, and writes 1.9-2.2x and reads 1.7-2.9x faster per core; its label image
+#: stores 1.8x smaller (119 against 67 in 1), written and read 17-29 % slower, still at
+#: 380-1560 MB/s (``python -m benchmarks.codecs``, BENCHMARKS.md "Session 22"). Arrays
 #: written with another codec are read as they are: the codec is in each array's metadata.
 COMPRESSORS = (BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"),)
 _IMAGE_KINDS = "uif"  # integer and float images; no bool, complex, string or structured dtypes

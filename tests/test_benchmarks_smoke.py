@@ -158,7 +158,8 @@ def test_codec_benchmark_compares_every_codec_on_the_same_bytes(tmp_path):
                           "--tmpdir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [line for line in out.stdout.splitlines() if line.startswith("| ") and not line.startswith("| codec")]
-    assert [row.split("|")[1].strip() for row in rows] == [
-        "zarr default (zstd 3)", "pipeline (blosc zstd 3 shuffle)", "blosc zstd 5 bitshuffle", "blosc lz4 5 shuffle"]
-    assert rows[0].rstrip(" |").endswith("×1.00 | ×1.00")
+    names = ["zarr default (zstd 3)", "pipeline (blosc zstd 3 shuffle)", "blosc zstd 5 bitshuffle", "blosc lz4 5 shuffle"]
+    assert [row.split("|")[1].strip() for row in rows] == names * 2          # the image, then the truth labels
+    assert rows[0].rstrip(" |").endswith("×1.00 | ×1.00") and rows[4].rstrip(" |").endswith("×1.00 | ×1.00")
+    assert "labels 'truth'" in out.stdout
     assert not list(tmp_path.glob("oc-codecs-*"))
