@@ -48,7 +48,7 @@ import numpy as np
 from pipeline.filters import gaussian, gaussian_kernel1d
 from pipeline.jit import numba_kernels
 
-__all__ = ["MAX_TAPS", "blur_channels_last", "one_pass_takes"]
+__all__ = ["MAX_TAPS", "blur_channels_last", "blur_ratio_channels_last", "one_pass_takes"]
 
 #: Taps per axis of the numba pass (radius 4); wider kernels go to pipeline.filters.gaussian.
 MAX_TAPS = 9
@@ -83,31 +83,86 @@ def blur_channels_last(image, sigma, *, truncate: float, output=None):
     ndarray
         ``output``, or a new array.
     """
-    image = np.asarray(image)
-    if image.ndim != 4:
-        raise ValueError(f"blur_channels_last: image must be (z, y, x, c), got shape {image.shape}")
+    image = _stack(image, "image")
     if output is None:
         output = np.empty(image.shape, np.float32)
     if output.shape != image.shape or output.dtype != np.float32:
         raise ValueError(f"blur_channels_last: output {output.shape} {output.dtype} must be float32 "
                          f"of the image's shape {image.shape}")
+    _blur(image, _sigma(sigma), float(truncate), output, None, np.float32(0), np.float32(0))
+    return output
+
+
+def blur_ratio_channels_last(image, sigma, *, truncate: float, observed, beta, floor):
+    """Richardson-Lucy's ratio, in place: ``image := (observed + beta) / max(blur(image) + beta, floor)``.
+
+    The blur is :func:`blur_channels_last`'s. The numba pass takes each row's
+    ratio as soon as the row is blurred, while it is still in cache, instead
+    of in a second pass over the stack: the same float32 operations, so the
+    same bits as the blur followed by the ratio (which is what runs where the
+    numba pass does not take ``sigma``).
+
+    Parameters
+    ----------
+    image : ndarray (z, y, x, c) of float32, C-contiguous
+        The model before the blur; the ratio on return.
+    sigma, truncate
+        As for :func:`blur_channels_last`.
+    observed : ndarray like ``image``
+    beta, floor : float
+        Taken as float32.
+
+    Returns
+    -------
+    ndarray
+        ``image``.
+    """
+    image = _stack(image, "image")
+    observed = _stack(observed, "observed")
+    if (observed.shape != image.shape or observed.dtype != np.float32 or image.dtype != np.float32
+            or not (image.flags.c_contiguous and observed.flags.c_contiguous)):
+        raise ValueError(f"blur_ratio_channels_last: image {image.shape} {image.dtype} and observed "
+                         f"{observed.shape} {observed.dtype} must be C-contiguous float32 of one shape")
+    _blur(image, _sigma(sigma), float(truncate), image, observed, np.float32(beta), np.float32(floor))
+    return image
+
+
+def _stack(array, name: str):
+    array = np.asarray(array)
+    if array.ndim != 4:
+        raise ValueError(f"blur_channels_last: {name} must be (z, y, x, c), got shape {array.shape}")
+    return array
+
+
+def _sigma(sigma) -> tuple:
     sigma = tuple(float(s) for s in sigma)
     if len(sigma) != 3:
         raise ValueError(f"blur_channels_last: sigma must be (z, y, x), got {sigma}")
-    weights = _weights(sigma, float(truncate))
+    return sigma
+
+
+def _blur(image, sigma: tuple, truncate: float, output, observed, beta, floor) -> None:
+    """``output := blur(image)``, then, with ``observed``, the ratio of :func:`blur_ratio_channels_last`."""
+    weights = _weights(sigma, truncate)
     kernel = _kernel()
     fits = (kernel is not None and weights is not None and image.dtype == np.float32
             and image.flags.c_contiguous and output.flags.c_contiguous and image.size > 0)
     if not fits:
         _blur_elsewhere(image, sigma, truncate, output)
-        return output
+        if observed is not None:             # the kernel's per-row ratio, as array operations
+            output += beta
+            np.maximum(output, floor, out=output)
+            np.divide(observed + beta, output, out=output)
+        return
     z, y, x, c = image.shape
     in_place = bool(np.may_share_memory(image, output))
     if in_place and image.__array_interface__["data"][0] != output.__array_interface__["data"][0]:
         image, in_place = image.copy(), False   # overlapping but not the same array: the ring cannot help
     saved, rows, padded = _buffers(y, x * c, c, in_place)
-    kernel(image.reshape(z, y, x * c), output.reshape(z, y, x * c), weights, c, saved, rows, padded, in_place)
-    return output
+    fuse = observed is not None
+    seen = (observed if fuse else output).reshape(z, y, x * c)
+    kernel(image.reshape(z, y, x * c), output.reshape(z, y, x * c), weights, c, saved, rows, padded, in_place,
+           seen, beta, floor, fuse)
 
 
 def one_pass_takes(sigma, truncate: float) -> bool:
@@ -176,9 +231,11 @@ def _kernel(numba):
     per-process id), so it would be compiled again by every worker.
     """
 
-    @numba.njit(cache=True, nogil=True)
-    def blur(src, dst, weights, c, saved, rows, padded, in_place):
-        # src, dst: (z, y, x * c); weights: (3, 9) for z, y, x
+    # error_model="numpy": IEEE division in the ratio, without the zero check that keeps a loop scalar
+    @numba.njit(cache=True, nogil=True, error_model="numpy")
+    def blur(src, dst, weights, c, saved, rows, padded, in_place, observed, beta, floor, ratio):
+        # src, dst: (z, y, x * c); weights: (3, 9) for z, y, x. With ``ratio``, each output row becomes
+        # (observed + beta) / max(row + beta, floor) once it is written (observed: dst's shape)
         def reflect(i, n):
             # scipy's "reflect" (d c b a | a b c d | d c b a), repeated for kernels longer than the axis
             period = 2 * n
@@ -266,7 +323,15 @@ def _kernel(numba):
                             for ch in range(c):
                                 line[x * c + ch] = line[(4 + left) * c + ch]
                                 line[(nx + 4 + x) * c + ch] = line[(4 + right) * c + ch]
-                        sum9(dst[z0 + dz, y0 + dy], line, line[c:], line[2 * c:], line[3 * c:], line[4 * c:],
+                        out = dst[z0 + dz, y0 + dy]
+                        sum9(out, line, line[c:], line[2 * c:], line[3 * c:], line[4 * c:],
                              line[5 * c:], line[6 * c:], line[7 * c:], line[8 * c:], kx)
+                        if ratio:               # the row is in cache: Richardson-Lucy's ratio now
+                            seen = observed[z0 + dz, y0 + dy]
+                            for j in range(width):
+                                m = out[j] + beta
+                                if m < floor:
+                                    m = floor
+                                out[j] = (seen[j] + beta) / m
 
     return blur

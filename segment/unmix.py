@@ -37,8 +37,8 @@ are array operations written once with ``xp`` (engine "xp"); by default
 (engine "auto") fused kernels do the same arithmetic (tested equal, bit for
 bit) several times faster: CUDA kernels (:mod:`segment.unmix_gpu`) for the
 two slot passes on CuPy arrays; on the host, when numba is installed, the
-whole iteration besides the blurs in two passes (the ratio, then the update
-with the next iteration's extrapolation and mixture).
+whole iteration besides the blurs in one pass (the update with the next
+iteration's extrapolation and mixture), the ratio taken inside the first blur.
 
 The host fit keeps the occupied slots as a list of entries, sorted by voxel,
 and drops the entries whose abundance has reached zero: the momentum step
@@ -62,7 +62,7 @@ from pipeline import array_module, to_host
 from pipeline.filters import gaussian, maximum
 from pipeline.jit import numba_kernels
 
-from .blur import blur_channels_last
+from .blur import blur_channels_last, blur_ratio_channels_last
 from .codebook import contact_voxels
 from .kernels import PSF_TRUNCATE
 from .unmix_gpu import MAX_GROW_SLOTS, device_grow, device_slot_passes, smooth_by_sorted_entries
@@ -97,11 +97,12 @@ def _device_kernels_for(engine: str, xp) -> bool:
 def _host_kernels(numba):
     """Numba kernels of the fit's dense passes on the host, or None without numba.
 
-    ``(mix, update, ratio)``: the two slot passes of :func:`_slot_passes` on
+    ``(mix, update)``: the two slot passes of :func:`_slot_passes` on
     (slots, voxels) planes (each fuses what the ``xp`` path does in
     2 x slots x channels array operations into one pass over the voxels,
     reading the small barcode table from cache instead of gathered weight
-    arrays), and the ratio of :func:`_fit_on_host`.
+    arrays). The host fit's ratio is taken inside its blur
+    (:func:`segment.blur.blur_ratio_channels_last`).
     """
 
     @numba.njit(cache=True, nogil=True)
@@ -149,20 +150,7 @@ def _host_kernels(numba):
                             acc += table[label, ch] * ratios[j, ch]
                         out[k, first + j] = acc * scale * start[k, first + j]
 
-    # error_model="numpy": IEEE division without numba's zero-division check, which kept the
-    # loop from being vectorised (the divisor is never below ``floor`` anyway): ×4-5 faster
-    @numba.njit(cache=True, nogil=True, error_model="numpy")
-    def ratio(observed, model, beta, floor):
-        # model := (observed + beta) / max(model + beta, floor), the array path's four passes in one
-        n_ch, n_vox = model.shape
-        for ch in range(n_ch):
-            for v in range(n_vox):
-                m = model[ch, v] + beta
-                if m < floor:
-                    m = floor
-                model[ch, v] = (observed[ch, v] + beta) / m
-
-    return (mix, update, ratio)
+    return (mix, update)
 
 
 
@@ -611,7 +599,7 @@ def unmix_abundances(observed, slots, barcodes, *, psf_sigma: Sequence[float], i
     if host_kernels is not None:
         # the entry list starts at 1 in every occupied slot: no dense start planes beside it
         del occupied
-        u = _fit_on_host(obs, slots, table, sigma, int(iterations), beta_, floor_, host_kernels)
+        u = _fit_on_host(obs, slots, table, sigma, int(iterations), beta_, floor_)
     else:
         u = xp.ascontiguousarray(occupied, dtype=xp.float32)
         del occupied
@@ -686,14 +674,15 @@ def _fit_with_slot_passes(obs, slots, u, table, sigma, iterations: int, beta_, f
     return u
 
 
-def _fit_on_host(obs, slots, table, sigma, iterations: int, beta_, floor_, kernels):
+def _fit_on_host(obs, slots, table, sigma, iterations: int, beta_, floor_):
     """The loop of :func:`_fit_with_slot_passes` with its arithmetic fused into numba kernels.
 
     Same float32 operations in the same order, so the same bits. Per
     iteration the array loop makes nine passes over the voxels besides the
     blurs (extrapolation 4, model and ratio 4, update 1) and the mixture's
-    one; here the ratio is one pass, and ``step`` does the update, the next
-    extrapolation and the next mixture in one.
+    one; here the first blur takes the ratio of each row as it finishes it
+    (:func:`segment.blur.blur_ratio_channels_last`), and ``step`` does the
+    update, the next extrapolation and the next mixture in one pass.
 
     ``step`` walks the entry list of :func:`_host_entry_kernels` (the occupied
     slots, by voxel), not the slot planes, and the list sheds its zeros. An
@@ -703,7 +692,6 @@ def _fit_on_host(obs, slots, table, sigma, iterations: int, beta_, floor_, kerne
     changes no sum of non-negative terms. ``compact`` drops such entries once
     they are :data:`COMPACT_FRACTION` of the list.
     """
-    ratio = kernels[2]
     gather, mix, step, step8, update, compact, scatter = _host_entry_kernels()
     c = obs.shape[0]
     if c == 8:
@@ -729,8 +717,7 @@ def _fit_on_host(obs, slots, table, sigma, iterations: int, beta_, floor_, kerne
     if iterations > 0:
         mix(offsets, slot, flat_slots, start, host_table, rows(work))
     for i in range(iterations):
-        _blur_channels_last(work, sigma, work)
-        ratio(obs_last.reshape(1, -1), work.reshape(1, -1), beta_, floor_)
+        blur_ratio_channels_last(work, sigma, truncate=PSF_TRUNCATE, observed=obs_last, beta=beta_, floor=floor_)
         _blur_channels_last(work, sigma, work)
         if i + 1 == iterations:
             update(offsets, slot, flat_slots, start, host_table, rows(work))
@@ -766,7 +753,7 @@ def _slot_passes(slots, table, c: int, engine: str):
     if _device_kernels_for(engine, xp):
         return device_slot_passes(slots, table, c)
     if kernels is not None:
-        mix_kernel, update_kernel = kernels[:2]
+        mix_kernel, update_kernel = kernels
         flat_slots = np.ascontiguousarray(slots).reshape(slots.shape[0], -1)
         host_table = np.ascontiguousarray(table, dtype=np.float32)
 

@@ -7,7 +7,7 @@ import pytest
 import scipy.ndimage as ndi
 
 import segment.blur as blur_module
-from segment.blur import MAX_TAPS, blur_channels_last, one_pass_takes
+from segment.blur import MAX_TAPS, blur_channels_last, blur_ratio_channels_last, one_pass_takes
 from segment.kernels import PSF_TRUNCATE
 
 
@@ -119,3 +119,28 @@ def test_blur_rejects_bad_shapes_naming_them():
                            output=np.zeros((4, 5, 6, 3), np.float32))
     with pytest.raises(ValueError, match="sigma must be"):
         blur_channels_last(np.zeros((4, 5, 6, 2), np.float32), (1, 1), truncate=PSF_TRUNCATE)
+
+
+@pytest.mark.parametrize("sigma", [(1.5, 1.5, 1.5), (0.0, 1.2, 0.5), (2.0, 1.5, 1.5)], ids=str)  # the last: fallback
+@pytest.mark.parametrize("shape", [(9, 14, 11, 8), (5, 7, 6, 3), (1, 1, 1, 2)], ids=str)
+def test_blur_ratio_is_the_blur_then_the_ratio_bit_for_bit(shape, sigma):
+    """Richardson-Lucy's ratio taken row by row inside the blur equals a second pass after it."""
+    rng = np.random.default_rng(sum(shape))
+    model = rng.random(shape, dtype=np.float32) * np.float32(0.01)       # some rows under the floor
+    observed = rng.random(shape, dtype=np.float32)
+    beta, floor = np.float32(0.02), np.float32(0.021)
+    expected = blur_channels_last(model, sigma, truncate=PSF_TRUNCATE)
+    expected = (observed + beta) / np.maximum(expected + beta, floor)
+    got = model.copy()
+    assert blur_ratio_channels_last(got, sigma, truncate=PSF_TRUNCATE, observed=observed, beta=0.02, floor=0.021) is got
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_blur_ratio_rejects_mismatched_or_strided_observations():
+    image = np.ones((4, 5, 6, 2), np.float32)
+    with pytest.raises(ValueError, match=r"observed \(4, 5, 6, 3\)"):
+        blur_ratio_channels_last(image, (1.0, 1.0, 1.0), truncate=PSF_TRUNCATE, observed=np.ones((4, 5, 6, 3), np.float32),
+                                 beta=0.0, floor=1.0)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        blur_ratio_channels_last(image, (1.0, 1.0, 1.0), truncate=PSF_TRUNCATE,
+                                 observed=np.ones((4, 5, 6, 4), np.float32)[..., ::2], beta=0.0, floor=1.0)
