@@ -344,6 +344,25 @@ def _one_pass_kernel(numba):
             i = i % period
             return i if i < n else period - 1 - i
 
+        # Row sums; the rows are sliced to the output's length so that the loops vectorise.
+        def centre(out, a, w):
+            n = out.size
+            a = a[:n]
+            for j in range(n):
+                out[j] = w * a[j]
+
+        def pair(out, a, b, w):
+            n = out.size
+            a, b = a[:n], b[:n]
+            for j in range(n):
+                out[j] += w * (a[j] + b[j])
+
+        def two_pairs(out, a1, b1, w1, a2, b2, w2):
+            n = out.size
+            a1, b1, a2, b2 = a1[:n], b1[:n], a2[:n], b2[:n]
+            for j in range(n):
+                out[j] += w1 * (a1[j] + b1[j]) + w2 * (a2[j] + b2[j])
+
         nz, ny, width = src.shape
         nx = width // c
         rz, ry, rx = kz.size // 2, ky.size // 2, kx.size // 2
@@ -351,61 +370,34 @@ def _one_pass_kernel(numba):
         mid = padded[lo_x:lo_x + width]
         for z in range(nz):
             for y in range(ny):                         # z taps -> plane
-                row, centre, w0 = plane[y], src[z, y], kz[rz]
-                for j in range(width):
-                    row[j] = w0 * centre[j]
-                k = 1
-                while k < rz:
-                    a1, b1 = src[source(z - k, nz, modes[0]), y], src[source(z + k, nz, modes[0]), y]
-                    a2, b2 = src[source(z - k - 1, nz, modes[0]), y], src[source(z + k + 1, nz, modes[0]), y]
-                    w1, w2 = kz[rz + k], kz[rz + k + 1]
-                    for j in range(width):
-                        row[j] += w1 * (a1[j] + b1[j]) + w2 * (a2[j] + b2[j])
-                    k += 2
-                if k == rz:
-                    a1, b1 = src[source(z - k, nz, modes[0]), y], src[source(z + k, nz, modes[0]), y]
-                    w1 = kz[rz + k]
-                    for j in range(width):
-                        row[j] += w1 * (a1[j] + b1[j])
+                row = plane[y]
+                centre(row, src[z, y], kz[rz])
+                for k in range(1, rz, 2):
+                    two_pairs(row, src[source(z - k, nz, modes[0]), y], src[source(z + k, nz, modes[0]), y],
+                              kz[rz + k], src[source(z - k - 1, nz, modes[0]), y],
+                              src[source(z + k + 1, nz, modes[0]), y], kz[rz + k + 1])
+                if rz % 2:
+                    pair(row, src[source(z - rz, nz, modes[0]), y], src[source(z + rz, nz, modes[0]), y], kz[2 * rz])
             for y in range(ny):                         # y taps -> the middle of padded
-                centre, w0 = plane[y], ky[ry]
-                for j in range(width):
-                    mid[j] = w0 * centre[j]
-                k = 1
-                while k < ry:
-                    a1, b1 = plane[source(y - k, ny, modes[1])], plane[source(y + k, ny, modes[1])]
-                    a2, b2 = plane[source(y - k - 1, ny, modes[1])], plane[source(y + k + 1, ny, modes[1])]
-                    w1, w2 = ky[ry + k], ky[ry + k + 1]
-                    for j in range(width):
-                        mid[j] += w1 * (a1[j] + b1[j]) + w2 * (a2[j] + b2[j])
-                    k += 2
-                if k == ry:
-                    a1, b1 = plane[source(y - k, ny, modes[1])], plane[source(y + k, ny, modes[1])]
-                    w1 = ky[ry + k]
-                    for j in range(width):
-                        mid[j] += w1 * (a1[j] + b1[j])
+                centre(mid, plane[y], ky[ry])
+                for k in range(1, ry, 2):
+                    two_pairs(mid, plane[source(y - k, ny, modes[1])], plane[source(y + k, ny, modes[1])], ky[ry + k],
+                              plane[source(y - k - 1, ny, modes[1])], plane[source(y + k + 1, ny, modes[1])],
+                              ky[ry + k + 1])
+                if ry % 2:
+                    pair(mid, plane[source(y - ry, ny, modes[1])], plane[source(y + ry, ny, modes[1])], ky[2 * ry])
                 for x in range(rx):                     # the x border, by the x rule
                     left, right = source(x - rx, nx, modes[2]), source(nx + x, nx, modes[2])
                     for ch in range(c):
                         padded[x * c + ch] = mid[left * c + ch]
                         padded[lo_x + width + x * c + ch] = mid[right * c + ch]
-                out, w0 = dst[z, y], kx[rx]             # x taps -> the output row
-                for j in range(width):
-                    out[j] = w0 * mid[j]
-                k = 1
-                while k < rx:
-                    a1, b1 = padded[lo_x - k * c:lo_x - k * c + width], padded[lo_x + k * c:lo_x + k * c + width]
-                    a2 = padded[lo_x - (k + 1) * c:lo_x - (k + 1) * c + width]
-                    b2 = padded[lo_x + (k + 1) * c:lo_x + (k + 1) * c + width]
-                    w1, w2 = kx[rx + k], kx[rx + k + 1]
-                    for j in range(width):
-                        out[j] += w1 * (a1[j] + b1[j]) + w2 * (a2[j] + b2[j])
-                    k += 2
-                if k == rx:
-                    a1, b1 = padded[lo_x - k * c:lo_x - k * c + width], padded[lo_x + k * c:lo_x + k * c + width]
-                    w1 = kx[rx + k]
-                    for j in range(width):
-                        out[j] += w1 * (a1[j] + b1[j])
+                out = dst[z, y]                         # x taps -> the output row
+                centre(out, mid, kx[rx])
+                for k in range(1, rx, 2):
+                    two_pairs(out, padded[lo_x - k * c:], padded[lo_x + k * c:], kx[rx + k],
+                              padded[lo_x - (k + 1) * c:], padded[lo_x + (k + 1) * c:], kx[rx + k + 1])
+                if rx % 2:
+                    pair(out, padded[lo_x - rx * c:], padded[lo_x + rx * c:], kx[2 * rx])
 
     return smooth
 
@@ -461,7 +453,7 @@ def _gaussian_one_pass(image, layout, sigmas, modes, truncate, radii, output):
     smooth = _one_pass_kernel()
     for s, o, c in stacks:
         nz, ny, nx = s.shape[:3]
-        plane = np.empty((ny, nx * c), np.float32)
+        plane = _slab_scratch(ny * nx * c, np.float32).reshape(ny, nx * c)    # kept: no fresh mapping per call
         padded = np.empty((nx + 2 * (kernels[2].size // 2)) * c, np.float32)
         smooth(s.reshape(nz, ny, nx * c), o.reshape(nz, ny, nx * c), kernels[0], kernels[1], kernels[2], rules, c,
                plane, padded)
