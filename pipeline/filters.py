@@ -267,7 +267,12 @@ def _slab_rows(nz: int, r: int, plane_bytes: int) -> int:
 
 
 def _slab_scratch(size: int, dtype) -> np.ndarray:
-    """``size`` elements of ``dtype`` from this thread's kept scratch (grown when too small)."""
+    """``size`` elements of ``dtype`` from this thread's kept scratch (grown when too small).
+
+    Two users, never at once within a call: :func:`_slab_pass`'s slabs (at most
+    :data:`_SLAB_SCRATCH_BYTES`) and the numba one pass's z-summed plane (one
+    plane of the array, whatever its size).
+    """
     nbytes = size * np.dtype(dtype).itemsize
     buffer = getattr(_scratch, "buffer", None)
     if buffer is None or buffer.nbytes < nbytes:
