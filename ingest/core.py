@@ -71,7 +71,7 @@ from pipeline.blocks import Block, BlockGrid
 from pipeline.config import ComputeConfig
 from pipeline.errors import ConfigError, InputError
 from pipeline.runner import Executor, run_blockwise
-from pipeline.volume import Channel, Volume
+from pipeline.volume import COMPRESSORS, Channel, Volume
 
 from . import sources as _sources
 from .pyramid import build_pyramid, choose_block_shape
@@ -492,9 +492,10 @@ def _apply_codecs(volume: Volume, compression: str, level: int | None, shards) -
 
     if compression == "zstd":
         compressors = ZstdCodec(level=level) if level is not None else ZstdCodec()
-    elif compression == "blosc":
-        clevel = 3 if level is None else min(max(level, 0), 9)
-        compressors = BloscCodec(cname="zstd", clevel=clevel, shuffle="shuffle")
+    elif compression == "blosc":                 # the pipeline's codec, at another level
+        base = COMPRESSORS[0]
+        compressors = BloscCodec(cname=base.cname, clevel=base.clevel if level is None else min(max(level, 0), 9),
+                                 shuffle=base.shuffle)
     else:
         compressors = None
     for level in range(volume.levels):

@@ -130,7 +130,7 @@ def blur_ratio_channels_last(image, sigma, *, truncate: float, observed, beta, f
 def _stack(array, name: str):
     array = np.asarray(array)
     if array.ndim != 4:
-        raise ValueError(f"blur_channels_last: {name} must be (z, y, x, c), got shape {array.shape}")
+        raise ValueError(f"segment.blur: {name} must be (z, y, x, c), got shape {array.shape}")
     return array
 
 
