@@ -88,6 +88,7 @@ def make_plan(volume: Volume, config: SegmentConfig, stats: dict) -> FragmentPla
         unmix_smoothing=config.contact_smoothing_voxels(volume.voxel_size),
         unmix_grow=config.contact_unmix_grow,
         unmix_brightness=config.contact_unmix_brightness,
+        unmix_back_projector=config.contact_back_projector_voxels(volume.voxel_size),
         threshold=float(stats["threshold"]),
         sigma=config.sigma_voxels(volume.voxel_size, "sigma"),
         barcode_sigma=config.sigma_voxels(volume.voxel_size, "barcode_sigma"),

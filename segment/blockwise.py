@@ -85,6 +85,8 @@ class FragmentPlan:
         How the final contact pass decides (see :class:`segment.config.SegmentConfig`).
     unmix_smoothing, unmix_grow, unmix_brightness
         How the unmixing pass turns abundances into labels (voxel sigmas or None, threshold or None, power).
+    unmix_back_projector : (z, y, x) or None
+        Sigma in voxels of the fit's back projector (None: ``psf_sigma``, classic Richardson-Lucy).
     threshold : float
         Foreground threshold on the smoothed normalised fill.
     sigma, barcode_sigma : (z, y, x)
@@ -137,6 +139,7 @@ class FragmentPlan:
     unmix_smoothing: tuple | None = None
     unmix_grow: float | None = None
     unmix_brightness: float = 0.0
+    unmix_back_projector: tuple | None = None
 
     @property
     def uses_codebook(self) -> bool:
@@ -150,7 +153,8 @@ class FragmentPlan:
         """The settings of the unmixing contact pass (:func:`segment.unmix.unmix_rounds`)."""
         return UnmixSettings(psf_sigma=tuple(self.psf_sigma), iterations=self.unmix_iterations,
                              radius=self.unmix_radius, background=self.unmix_background, rounds=self.unmix_rounds,
-                             smoothing=self.unmix_smoothing, grow=self.unmix_grow, brightness=self.unmix_brightness)
+                             smoothing=self.unmix_smoothing, grow=self.unmix_grow, brightness=self.unmix_brightness,
+                             back_projector=self.unmix_back_projector)
 
     def to_params(self) -> dict:
         d = dict(self.__dict__)

@@ -194,8 +194,25 @@ class SegmentConfig(StrictModel):
     contact_unmix_iterations : int
         Iterations of the abundance fit. It fits the noise too when run for
         long: VOI on the sample seeds is lowest near 50-60 and rises again
-        past 80 (session 6). With the smoothed decision (session 9; seed 2,
-        two rounds, brightness 0.25): 0.315 / 0.305 / 0.309 at 60 / 80 / 100.
+        past 80 (session 6, with the matched back projector). With the smoothed
+        decision (session 9; seed 2, two rounds, brightness 0.25): 0.315 /
+        0.305 / 0.309 at 60 / 80 / 100. With ``contact_unmix_back_projector``
+        2/3 the fit gets there sooner: see that field.
+    contact_unmix_back_projector : float
+        Sigma of the Gaussian that blurs each iteration's ratio back onto the
+        abundances, as a fraction of ``psf_sigma`` (every axis). 1 is classic
+        Richardson-Lucy, whose back projector is the PSF itself; a narrower
+        one (an *unmatched* back projector, Guo et al. 2020, Nat. Biotechnol.
+        38:1337) takes larger steps toward the same fit. Sum of VOI split and
+        merge, three default rounds, seeds 0 (64x256x256) and 1-3 (the demo
+        size): 1 with 60 iterations 0.266 / 0.279 / 0.383 / 0.268; 2/3 with
+        30 iterations 0.272 / 0.294 / 0.385 / 0.288, with 40 0.252 / 0.271 /
+        0.361 / 0.263, with 50 0.253 / 0.272 / 0.364 / 0.260. Narrower ones
+        fit the noise: 1/3 with 30 iterations 0.53; no back blur at all, 1.43
+        with 60 (session 23, BENCHMARKS.md). On the test suite's small scenes
+        (PSF 0.7-1 voxel) the default does worse than 1 with 60 (VOI
+        0.006-0.127 against 0-0.101): they favour shorter fits with either
+        back projector; 0.8, or 30 iterations, suits them better.
     contact_unmix_radius : int
         How far (voxels, per axis) a neuron's abundance may reach beyond its
         current label; the candidates of a contact voxel are the neurons
@@ -357,7 +374,8 @@ class SegmentConfig(StrictModel):
     refine_neuron_contacts: bool = True
     contact_deconvolution_iterations: int = Field(default=40, ge=0)
     contact_method: Literal["unmix", "cosine"] = "unmix"
-    contact_unmix_iterations: int = Field(default=60, ge=1)
+    contact_unmix_iterations: int = Field(default=40, ge=1)
+    contact_unmix_back_projector: float = Field(default=2 / 3, gt=0, le=1)
     contact_unmix_radius: int = Field(default=3, ge=1, le=8)
     contact_unmix_background: float = Field(default=0.02, gt=0)
     contact_unmix_rounds: int = Field(default=3, ge=1, le=10)
@@ -440,6 +458,11 @@ class SegmentConfig(StrictModel):
             return None
         psf = self.sigma_voxels(voxel_size, "psf_sigma")
         return tuple(f * p for f, p in zip(self.contact_unmix_smoothing, psf))
+
+    def contact_back_projector_voxels(self, voxel_size) -> Triple:
+        """The sigma (z, y, x) of the contact fit's back projector in voxels for ``voxel_size``."""
+        psf = self.sigma_voxels(voxel_size, "psf_sigma")
+        return tuple(self.contact_unmix_back_projector * p for p in psf)
 
     def sigma_voxels(self, voxel_size, which: str = "sigma") -> Triple:
         """A sigma field (``sigma``, ``barcode_sigma`` or ``psf_sigma``) in voxels for ``voxel_size`` (z, y, x)."""

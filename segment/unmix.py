@@ -22,6 +22,14 @@ may join its largest neuron. The eight channels constrain the two or
 three abundances of a contact voxel far better than they constrain eight
 separately deconvolved channels.
 
+Each iteration blurs the model by the PSF, and the ratio of observation to
+model back onto the abundances by the *back projector*. Classic
+Richardson-Lucy uses the PSF for both; a narrower back projector (Guo et al.
+2020, Nat. Biotechnol. 38:1337, "unmatched back projector") takes larger
+steps toward the same kind of fit. The pipeline's default, a Gaussian of 2/3
+of the PSF's sigma with 40 iterations, segments the sample seeds better than
+the matched one with 60 (``segment.SegmentConfig.contact_unmix_back_projector``).
+
 The abundances are stored sparsely: each voxel holds at most
 ``max_candidates`` (neuron, abundance) slots::
 
@@ -46,8 +54,8 @@ clips at zero, and a zero abundance stays zero in every later iteration
 (the update multiplies it). On the sample a quarter of the entries are zero
 after 6 iterations and 85 % after 60, so the slot passes shrink as the fit
 goes. Its channel buffers are (z, y, x, c): a voxel's channels are one
-contiguous row for the slot passes, and OpenCV blurs the c channels of a
-plane in one call (:func:`pipeline.filters.gaussian`).
+contiguous row for the slot passes, and one numba pass blurs all c channels
+of the stack (:mod:`segment.blur`).
 """
 
 from __future__ import annotations
@@ -449,6 +457,14 @@ def _host_smooth_kernels(numba):
     return (bucket, gather, scatter)
 
 
+def _sigma3(value, name: str) -> tuple:
+    """``value`` as three sigmas (z, y, x) >= 0, or a ValueError naming ``name``."""
+    sigma = tuple(float(v) for v in value)
+    if len(sigma) != 3 or not all(s >= 0 for s in sigma):
+        raise ValueError(f"unmix_abundances: {name} must be three sigmas >= 0 (z, y, x), got {list(value)}")
+    return sigma
+
+
 def _index_dtype(slots):
     """The entry lists' index type for ``slots`` (s, ...): int32 unless it has 2**31 elements."""
     return np.int32 if slots.size < np.iinfo(np.int32).max else np.int64
@@ -538,7 +554,8 @@ def candidate_slots(labels, radius: int, max_candidates: int = 4, *, engine: str
 
 
 def unmix_abundances(observed, slots, barcodes, *, psf_sigma: Sequence[float], iterations: int,
-                     beta: float = 0.05, floor: float = 1e-3, engine: str = "auto"):
+                     beta: float = 0.05, floor: float = 1e-3, back_projector: Sequence[float] | None = None,
+                     engine: str = "auto"):
     """Fit each voxel's slot abundances to ``observed`` by Richardson-Lucy iterations.
 
     Parameters
@@ -564,6 +581,14 @@ def unmix_abundances(observed, slots, barcodes, *, psf_sigma: Sequence[float], i
         by a near-zero model.
     floor : float
         Lower bound of the model (guards the division).
+    back_projector : (z, y, x) or None
+        Standard deviation, in voxels, of the Gaussian that blurs each
+        iteration's ratio back onto the abundances. None: ``psf_sigma``, the
+        classic (matched) Richardson-Lucy. A narrower one, an unmatched back
+        projector (Guo et al. 2020, Nat. Biotechnol. 38:1337), takes larger
+        steps: on the sample, 2/3 of the PSF's sigma reaches a better
+        segmentation in 40 iterations than the matched one in 60
+        (``segment.SegmentConfig.contact_unmix_back_projector``).
     engine : {"auto", "xp"}
         "auto": fused kernels, numba for host arrays when numba is
         installed, CUDA for CuPy arrays; "xp": array operations only.
@@ -586,7 +611,8 @@ def unmix_abundances(observed, slots, barcodes, *, psf_sigma: Sequence[float], i
     m = m / np.maximum(m.sum(axis=1, keepdims=True), 1e-12) * c
     m[0] = 0.0
     table = xp.asarray(m.astype(np.float32))
-    sigma = tuple(float(v) for v in psf_sigma)
+    sigma = _sigma3(psf_sigma, "psf_sigma")
+    back = sigma if back_projector is None else _sigma3(back_projector, "back_projector")
     beta_, floor_ = np.float32(beta), np.float32(floor)
     obs = observed.astype(xp.float32, copy=False)
     n_slots = slots.shape[0]
@@ -599,11 +625,11 @@ def unmix_abundances(observed, slots, barcodes, *, psf_sigma: Sequence[float], i
     if host_kernels is not None:
         # the entry list starts at 1 in every occupied slot: no dense start planes beside it
         del occupied
-        u = _fit_on_host(obs, slots, table, sigma, int(iterations), beta_, floor_)
+        u = _fit_on_host(obs, slots, table, (sigma, back), int(iterations), beta_, floor_)
     else:
         u = xp.ascontiguousarray(occupied, dtype=xp.float32)
         del occupied
-        u = _fit_with_slot_passes(obs, slots, u, table, sigma, int(iterations), beta_, floor_, engine)
+        u = _fit_with_slot_passes(obs, slots, u, table, (sigma, back), int(iterations), beta_, floor_, engine)
     if len(used) == n_slots:
         return u
     out = xp.zeros((n_slots,) + observed.shape[1:], dtype=xp.float32)
@@ -634,12 +660,14 @@ def _blur_channels_last(images, sigma, out) -> None:
     blur_channels_last(images, sigma, truncate=PSF_TRUNCATE, output=out)
 
 
-def _fit_with_slot_passes(obs, slots, u, table, sigma, iterations: int, beta_, floor_, engine: str):
+def _fit_with_slot_passes(obs, slots, u, table, sigmas, iterations: int, beta_, floor_, engine: str):
     """The Richardson-Lucy loop of :func:`unmix_abundances` as array operations around the two slot passes.
 
     The reference loop: the "xp" engine, and CuPy arrays (whose slot passes
-    are the fused CUDA kernels under "auto").
+    are the fused CUDA kernels under "auto"). ``sigmas`` are the PSF's and
+    the back projector's.
     """
+    sigma, back = sigmas
     xp = array_module(obs)
     c = obs.shape[0]
     mix, update = _slot_passes(slots, table, c, engine)
@@ -668,13 +696,13 @@ def _fit_with_slot_passes(obs, slots, u, table, sigma, iterations: int, beta_, f
         # (observation + beta) / model, built in the spent mixture's buffer: no copy of the observation
         xp.add(obs, beta_, out=mixed)
         xp.divide(mixed, model, out=model)
-        _blur_channels(model, sigma, ratio)
+        _blur_channels(model, back, ratio)
         update(start, ratio, start)
         previous, u = u, start
     return u
 
 
-def _fit_on_host(obs, slots, table, sigma, iterations: int, beta_, floor_):
+def _fit_on_host(obs, slots, table, sigmas, iterations: int, beta_, floor_):
     """The loop of :func:`_fit_with_slot_passes` with its arithmetic fused into numba kernels.
 
     Same float32 operations in the same order, so the same bits. Per
@@ -691,7 +719,10 @@ def _fit_on_host(obs, slots, table, sigma, iterations: int, beta_, floor_):
     clipped, is ``max(0 + f * (0 - 0), 0)``; its term in a mixture, +0.0,
     changes no sum of non-negative terms. ``compact`` drops such entries once
     they are :data:`COMPACT_FRACTION` of the list.
+
+    ``sigmas`` are the PSF's and the back projector's.
     """
+    sigma, back = sigmas
     gather, mix, step, step8, update, compact, scatter = _host_entry_kernels()
     c = obs.shape[0]
     if c == 8:
@@ -718,7 +749,7 @@ def _fit_on_host(obs, slots, table, sigma, iterations: int, beta_, floor_):
         mix(offsets, slot, flat_slots, start, host_table, rows(work))
     for i in range(iterations):
         blur_ratio_channels_last(work, sigma, truncate=PSF_TRUNCATE, observed=obs_last, beta=beta_, floor=floor_)
-        _blur_channels_last(work, sigma, work)
+        _blur_channels_last(work, back, work)
         if i + 1 == iterations:
             update(offsets, slot, flat_slots, start, host_table, rows(work))
             break
@@ -919,7 +950,8 @@ def _neuron_boxes(slots, reach):
 def unmix_contacts(labels, observed, barcodes, *, psf_sigma: Sequence[float], iterations: int,
                    radius: int = 2, beta: float = 0.05, max_candidates: int = 6,
                    smoothing: Sequence[float] | None = None, grow_threshold: float | None = None,
-                   brightness_power: float = 0.0, engine: str = "auto"):
+                   brightness_power: float = 0.0, back_projector: Sequence[float] | None = None,
+                   engine: str = "auto"):
     """Give every labelled voxel that touches another label the neuron of largest fitted abundance.
 
     Parameters
@@ -930,7 +962,7 @@ def unmix_contacts(labels, observed, barcodes, *, psf_sigma: Sequence[float], it
         Barcode channels normalised from their background level.
     barcodes : array (n, c)
         Barcode of neuron ``i + 1`` in row ``i``, in ``observed``'s units.
-    psf_sigma, iterations, beta
+    psf_sigma, iterations, beta, back_projector
         See :func:`unmix_abundances`.
     radius : int
         How far (voxels, per axis) a neuron's abundance may reach beyond its
@@ -990,7 +1022,7 @@ def unmix_contacts(labels, observed, barcodes, *, psf_sigma: Sequence[float], it
                   overflow, max_candidates, radius)
     table = np.concatenate([np.zeros((1, bars.shape[1])), bars[:n]])
     u = unmix_abundances(observed, slots, table, psf_sigma=psf_sigma, iterations=iterations, beta=beta,
-                         engine=engine)
+                         back_projector=back_projector, engine=engine)
     if brightness_power:
         brightness = np.maximum(table, 0.0).mean(axis=1)
         brightness[0] = 1.0
@@ -1026,6 +1058,8 @@ class UnmixSettings:
         ``grow_threshold`` of the first round (later rounds never grow).
     brightness : float
         ``brightness_power``.
+    back_projector : (z, y, x) or None
+        ``back_projector`` of :func:`unmix_abundances`.
     engine : {"auto", "xp"}
         Fused kernels (default) or array operations; the same labels.
     """
@@ -1038,6 +1072,7 @@ class UnmixSettings:
     smoothing: tuple | None
     grow: float | None
     brightness: float
+    back_projector: tuple | None = None
     engine: str = "auto"
 
     @classmethod
@@ -1047,7 +1082,8 @@ class UnmixSettings:
                    iterations=config.contact_unmix_iterations, radius=config.contact_unmix_radius,
                    background=config.contact_unmix_background, rounds=config.contact_unmix_rounds,
                    smoothing=config.contact_smoothing_voxels(voxel_size), grow=config.contact_unmix_grow,
-                   brightness=config.contact_unmix_brightness)
+                   brightness=config.contact_unmix_brightness,
+                   back_projector=tuple(config.contact_back_projector_voxels(voxel_size)))
 
 
 def unmix_rounds(labels, observed, fallback, settings: UnmixSettings):
@@ -1081,7 +1117,8 @@ def unmix_rounds(labels, observed, fallback, settings: UnmixSettings):
                                  iterations=settings.iterations, radius=settings.radius,
                                  beta=settings.background, smoothing=settings.smoothing,
                                  grow_threshold=settings.grow if round_index == 0 else None,
-                                 brightness_power=settings.brightness, engine=settings.engine)
+                                 brightness_power=settings.brightness, back_projector=settings.back_projector,
+                                 engine=settings.engine)
     return refined
 
 

@@ -141,6 +141,40 @@ def test_abundances_fit_a_blurred_mixture_and_stay_in_their_support():
         unmix_abundances(image, slots, table[:2], psf_sigma=PSF, iterations=1)
 
 
+def _poisson_misfit(u, slots, table, image, beta=0.05):
+    """The I-divergence the fit lowers: observation + beta against the blurred mixture + beta."""
+    rows = np.maximum(table, 0.0)
+    rows = rows / np.maximum(rows.sum(axis=1, keepdims=True), 1e-12) * rows.shape[1]
+    rows[0] = 0.0
+    mixture = np.einsum("szyx,szyxc->czyx", u, rows[slots])
+    model = np.stack([ndi.gaussian_filter(ch, PSF, mode="reflect", truncate=2.5) for ch in mixture]) + beta
+    observed = image + beta
+    return float((observed * np.log(observed / model) - observed + model).sum())
+
+
+def test_a_narrower_back_projector_fits_in_fewer_iterations():
+    """Guo et al.'s unmatched back projector: larger steps toward the same fit, and the matched one by default."""
+    truth, image, codes = _two_slabs()
+    labels = truth.copy()
+    labels[8] = 1
+    slots, _ = candidate_slots(labels, 2)
+    table = np.concatenate([np.zeros((1, 4)), codes])
+
+    def misfit(iterations, back):
+        u = unmix_abundances(image, slots, table, psf_sigma=PSF, iterations=iterations, back_projector=back)
+        return _poisson_misfit(u, slots, table, image)
+
+    narrow = (1.0, 1.0, 1.0)
+    for iterations in (5, 10, 20, 30):
+        assert misfit(iterations, narrow) < misfit(iterations, None), iterations
+    assert misfit(40, narrow) < misfit(60, None)
+    same = unmix_abundances(image, slots, table, psf_sigma=PSF, iterations=7, back_projector=PSF)
+    np.testing.assert_array_equal(same, unmix_abundances(image, slots, table, psf_sigma=PSF, iterations=7))
+    for bad in [(1.0, 1.0), (1.0, -1.0, 1.0)]:
+        with pytest.raises(ValueError, match="back_projector"):
+            unmix_abundances(image, slots, table, psf_sigma=PSF, iterations=1, back_projector=bad)
+
+
 def _dense_reference(u, slots, sigma):
     """Brute force: every neuron's abundance as a whole-block map, scipy-blurred, read back per slot."""
     out = np.zeros_like(u)
@@ -355,10 +389,13 @@ def test_numba_and_array_engines_agree(seed):
     slots, _ = candidate_slots(labels, 2)
     table = np.concatenate([np.zeros((1, 4)), codes])
     for iterations in (0, 1, 2, 15):
-        fused = unmix_abundances(image, slots, table, psf_sigma=PSF, iterations=iterations, engine="auto")
-        plain = unmix_abundances(image, slots, table, psf_sigma=PSF, iterations=iterations, engine="xp")
-        # the fused loop does the array loop's float32 operations in the same order: the same bits
-        np.testing.assert_array_equal(fused, plain, err_msg=f"{iterations} iterations")
+        for back in (None, (1.0, 1.0, 1.0), (0.5, 1.2, 0.8)):
+            fused = unmix_abundances(image, slots, table, psf_sigma=PSF, iterations=iterations,
+                                     back_projector=back, engine="auto")
+            plain = unmix_abundances(image, slots, table, psf_sigma=PSF, iterations=iterations,
+                                     back_projector=back, engine="xp")
+            # the fused loop does the array loop's float32 operations in the same order: the same bits
+            np.testing.assert_array_equal(fused, plain, err_msg=f"{iterations} iterations, back projector {back}")
     with pytest.raises(ValueError, match="engine"):
         unmix_abundances(image, slots, table, psf_sigma=PSF, iterations=1, engine="numba")
 
@@ -459,6 +496,13 @@ def test_unmix_settings_come_from_the_segment_config():
     assert settings.iterations == config.contact_unmix_iterations
     assert settings.psf_sigma == tuple(config.sigma_voxels((0.4, 0.1, 0.1), "psf_sigma"))
     assert settings.smoothing == config.contact_smoothing_voxels((0.4, 0.1, 0.1))
+    psf = config.sigma_voxels((0.4, 0.1, 0.1), "psf_sigma")
+    assert settings.back_projector == pytest.approx(tuple(p * 2 / 3 for p in psf))
+    matched = UnmixSettings.from_config(SegmentConfig(contact_unmix_back_projector=1), (0.4, 0.1, 0.1))
+    assert matched.back_projector == pytest.approx(psf)
+    for bad in (0, 1.5):
+        with pytest.raises(ValueError, match="contact_unmix_back_projector"):
+            SegmentConfig(contact_unmix_back_projector=bad)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -568,6 +612,10 @@ def test_gpu_fused_kernels_equal_the_array_path(seed):
     fused = unmix_abundances(*device, table, psf_sigma=PSF, iterations=15)
     plain = unmix_abundances(*device, table, psf_sigma=PSF, iterations=15, engine="xp")
     np.testing.assert_array_equal(cp.asnumpy(fused), cp.asnumpy(plain))
+    narrow = unmix_abundances(*device, table, psf_sigma=PSF, iterations=15, back_projector=(1.0, 1.0, 1.0))
+    narrow_plain = unmix_abundances(*device, table, psf_sigma=PSF, iterations=15, back_projector=(1.0, 1.0, 1.0),
+                                    engine="xp")
+    np.testing.assert_array_equal(cp.asnumpy(narrow), cp.asnumpy(narrow_plain))
     smooth = smooth_abundances(fused, device[1], (0.3, 0.6, 0.6))
     smooth_plain = smooth_abundances(fused, device[1], (0.3, 0.6, 0.6), engine="xp")
     np.testing.assert_array_equal(cp.asnumpy(smooth), cp.asnumpy(smooth_plain))
