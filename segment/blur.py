@@ -30,7 +30,11 @@ On a CPU whose multipliers set the pace that is 7 % less time per blur. A z or y
 is loaded 3 times instead of 9. Blurring in place, the original of an output
 plane is still needed by the next block: the 4 planes a block overwrites are
 copied to an 8-plane ring first. Kernels shorter than 9 taps are padded with
-zero weights (an added ``0 * (x + y)`` is +0.0: the same sum); longer ones (sigma
+zero weights (an added ``0 * (x + y)`` is +0.0: the same sum). Those of 7 or
+fewer skip the outer pair altogether, the same values with two fewer adds and
+one product fewer per sum: the contact fit's back projector on the sample (σ 1
+voxel) blurs in 13.9 ms instead of 17.0 through the 9-tap loop (same process,
+random (64, 144, 144, 8) buffer, medians of 10). Longer ones (sigma
 above 1.8 voxels at ``truncate`` 2.5) and arrays the kernel does not take
 go to :func:`pipeline.filters.gaussian`.
 
@@ -264,6 +268,10 @@ def _kernel(numba):
             n = out.size
             r0, r1, r2, r3, r4, r5, r6, r7, r8 = r0[:n], r1[:n], r2[:n], r3[:n], r4[:n], r5[:n], r6[:n], r7[:n], r8[:n]
             w0, w1, w2, w3, w4 = w[0], w[1], w[2], w[3], w[4]      # w[8 - k] == w[k]
+            if w0 == 0:                     # 7 taps: the outer pair's +0.0 left out
+                for j in range(n):
+                    out[j] = w4 * r4[j] + w3 * (r3[j] + r5[j]) + w2 * (r2[j] + r6[j]) + w1 * (r1[j] + r7[j])
+                return
             for j in range(n):
                 out[j] = (w4 * r4[j] + w3 * (r3[j] + r5[j]) + w2 * (r2[j] + r6[j]) + w1 * (r1[j] + r7[j])
                           + w0 * (r0[j] + r8[j]))
@@ -275,6 +283,15 @@ def _kernel(numba):
             r0, r1, r2, r3, r4, r5 = r[0][:n], r[1][:n], r[2][:n], r[3][:n], r[4][:n], r[5][:n]
             r6, r7, r8, r9, r10, r11 = r[6][:n], r[7][:n], r[8][:n], r[9][:n], r[10][:n], r[11][:n]
             w0, w1, w2, w3, w4 = w[0], w[1], w[2], w[3], w[4]      # w[8 - k] == w[k]
+            if w0 == 0:                     # 7 taps: rows 0 and 11 unread, the outer pair's +0.0 left out
+                for j in range(n):
+                    a1, a2, a3, a4, a5 = r1[j], r2[j], r3[j], r4[j], r5[j]
+                    a6, a7, a8, a9, a10 = r6[j], r7[j], r8[j], r9[j], r10[j]
+                    o0[j] = w4 * a4 + w3 * (a3 + a5) + w2 * (a2 + a6) + w1 * (a1 + a7)
+                    o1[j] = w4 * a5 + w3 * (a4 + a6) + w2 * (a3 + a7) + w1 * (a2 + a8)
+                    o2[j] = w4 * a6 + w3 * (a5 + a7) + w2 * (a4 + a8) + w1 * (a3 + a9)
+                    o3[j] = w4 * a7 + w3 * (a6 + a8) + w2 * (a5 + a9) + w1 * (a4 + a10)
+                return
             for j in range(n):
                 a0, a1, a2, a3, a4, a5 = r0[j], r1[j], r2[j], r3[j], r4[j], r5[j]
                 a6, a7, a8, a9, a10, a11 = r6[j], r7[j], r8[j], r9[j], r10[j], r11[j]

@@ -56,6 +56,28 @@ def test_blur_runs_the_numba_pass_for_kernels_up_to_nine_taps(monkeypatch):
     assert one_pass_takes((1.5, 1.5, 1.5), PSF_TRUNCATE) and not one_pass_takes((2.0, 1.5, 1.5), PSF_TRUNCATE)
 
 
+@pytest.mark.parametrize("shape", [(5, 7, 6, 8), (13, 17, 3, 2)])
+def test_seven_tap_sums_equal_the_nine_tap_loop_bit_for_bit(shape):
+    """Kernels of 7 taps or fewer skip the zero outer pair: the same sums as the 9-tap loop, in the same order."""
+    pytest.importorskip("numba")
+    kernel = blur_module._kernel()
+    image = np.random.default_rng(3).uniform(0.5, 1.0, shape).astype(np.float32)
+    short = np.array(blur_module._weights((1.0, 0.7, 1.0), PSF_TRUNCATE))     # 7, 5 and 7 taps
+    assert (short[:, 0] == 0).all()
+    full = short.copy()
+    full[:, 0] = full[:, -1] = 1e-30      # a product far below these sums' last bit: the 9-tap loop, same values
+    z, y, x, c = shape
+    outs = []
+    for weights in (short, full):
+        out = np.empty(shape, np.float32)
+        saved, rows, padded = blur_module._buffers(y, x * c, c, False)
+        kernel(image.reshape(z, y, x * c), out.reshape(z, y, x * c), weights, c, saved, rows, padded, False,
+               out.reshape(z, y, x * c), np.float32(0), np.float32(0), False)
+        outs.append(out)
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_array_equal(outs[0], blur_channels_last(image, (1.0, 0.7, 1.0), truncate=PSF_TRUNCATE))
+
+
 def test_blur_taps_are_centred_and_mirror_symmetric():
     """The kernel adds mirrored taps before multiplying (w[8 - k] == w[k]); zero padding keeps that."""
     for sigma in (0.0, 0.3, 0.5, 0.7, 1.0, 1.2, 1.5, 1.79):          # 1.79: the widest nine-tap kernel
