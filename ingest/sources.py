@@ -473,6 +473,18 @@ _OPENERS = {
 # format detection and metadata
 
 
+def _pattern(text: str) -> str:
+    """``text`` as a glob pattern, its folder taken literally when that folder exists.
+
+    Folder names may hold ``[`` or ``?`` (``exp[1]/raw``): only the file name
+    is then a pattern, so ``exp[1]/raw/*.tif`` finds that folder's planes.
+    """
+    folder, name = os.path.split(text)
+    if folder and os.path.isdir(folder):
+        return os.path.join(glob.escape(folder), name)
+    return text
+
+
 def open_source(path, *, dataset: str | None = None, axes: str | None = None) -> Source:
     """Open ``path`` (and ``dataset`` inside it) as a :class:`Source`.
 
@@ -481,7 +493,9 @@ def open_source(path, *, dataset: str | None = None, axes: str | None = None) ->
     path : str or PathLike
         A file, a folder (Zarr, N5, TIFF planes, folder of TIFF-plane folders,
         Neuroglancer precomputed), a glob pattern of TIFF planes, or a URL
-        (``file://``, ``gs://``, ``s3://``: Neuroglancer precomputed).
+        (``file://``, ``gs://``, ``s3://``: Neuroglancer precomputed). A path
+        that exists is opened as itself even when its name holds glob
+        characters, and a pattern's existing folder is taken literally.
     dataset : str, optional
         Array or group inside a container; TIFF: the series index.
     axes : str, optional
@@ -496,8 +510,8 @@ def open_source(path, *, dataset: str | None = None, axes: str | None = None) ->
     text = str(path)
     if text.startswith(_REMOTE):
         return _precomputed_source(text, dataset, axes)
-    if any(ch in text for ch in "*?["):
-        files = sorted(glob.glob(text), key=natural_key)
+    if any(ch in text for ch in "*?[") and not Path(text).exists():
+        files = sorted(glob.glob(_pattern(text)), key=natural_key)
         if not files:
             raise InputError(f"{text}: no files match this pattern")
         return _tiff_planes_source(text, files, axes)

@@ -13,6 +13,7 @@ import zarr
 from ingest import ChannelSpec, ingest, is_complete, load_channel_spec, open_source
 from ingest.pyramid import downsample_mean
 from pipeline import Channel, Volume
+from pipeline.errors import InputError
 
 RNG = np.random.default_rng(7)
 SMALL = dict(chunks=(4, 16, 16), progress=False)
@@ -112,6 +113,22 @@ def test_folder_of_channel_folders_and_compressed_planes(tmp_path):
     pattern = str(tmp_path / "raw" / "ch1" / "p*.tif")
     vol = _ingest([pattern], tmp_path / "glob.zarr", _spec({"name": "x", "role": "fill"}))
     np.testing.assert_array_equal(vol.image[0], b)
+
+
+def test_paths_with_glob_characters_are_taken_literally(tmp_path):
+    """A folder named ``exp[1]`` holds files and planes; ``[1]`` is not a character class there."""
+    data = _data((4, 12, 10))
+    folder = tmp_path / "exp[1]?" / "ch0"
+    folder.mkdir(parents=True)
+    for z in range(4):
+        tifffile.imwrite(folder / f"p{z:03d}.tif", data[z])
+    np.save(folder.parent / "volume.npy", data)
+    spec = _spec({"name": "fill", "role": "fill"})
+    for k, source in enumerate([folder, str(folder / "p*.tif"), folder.parent / "volume.npy"]):
+        vol = _ingest([source], tmp_path / f"out{k}.zarr", spec)
+        np.testing.assert_array_equal(vol.image[0], data, err_msg=str(source))
+    with pytest.raises(InputError, match="no files match"):
+        _ingest([str(folder / "q*.tif")], tmp_path / "none.zarr", spec)
 
 
 # -- HDF5, Zarr, N5, precomputed, npy -------------------------------------------------------------
