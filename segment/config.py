@@ -23,6 +23,9 @@ Triple = tuple[float, float, float]
 CONTACT_PSF_SIGMAS = 3.0
 #: Kernel half-width, in sigmas, of ``contact_unmix_smoothing``.
 SMOOTHING_TRUNCATE = 4.0
+#: The contact fit's back projector is never narrower than this (voxels) unless the PSF is:
+#: a narrower Gaussian stops averaging the per-voxel noise (see ``contact_unmix_back_projector``).
+BACK_PROJECTOR_FLOOR = 1.0
 
 
 def _triple(value, name):
@@ -200,19 +203,22 @@ class SegmentConfig(StrictModel):
         2/3 the fit gets there sooner: see that field.
     contact_unmix_back_projector : float
         Sigma of the Gaussian that blurs each iteration's ratio back onto the
-        abundances, as a fraction of ``psf_sigma`` (every axis). 1 is classic
-        Richardson-Lucy, whose back projector is the PSF itself; a narrower
-        one (an *unmatched* back projector, Guo et al. 2020, Nat. Biotechnol.
-        38:1337) takes larger steps toward the same fit. Sum of VOI split and
-        merge, three default rounds, seeds 0 (64x256x256) and 1-3 (the demo
-        size): 1 with 60 iterations 0.266 / 0.279 / 0.383 / 0.268; 2/3 with
-        30 iterations 0.272 / 0.294 / 0.385 / 0.288, with 40 0.252 / 0.271 /
-        0.361 / 0.263, with 50 0.253 / 0.272 / 0.364 / 0.260. Narrower ones
-        fit the noise: 1/3 with 30 iterations 0.53; no back blur at all, 1.43
-        with 60 (session 23, BENCHMARKS.md). On the test suite's small scenes
-        (PSF 0.7-1 voxel) the default does worse than 1 with 60 (VOI
-        0.006-0.127 against 0-0.101): they favour shorter fits with either
-        back projector; 0.8, or 30 iterations, suits them better.
+        abundances, as a fraction of ``psf_sigma`` per axis, but never below
+        one voxel (:data:`BACK_PROJECTOR_FLOOR`) unless the PSF itself is
+        narrower. 1 is classic Richardson-Lucy, whose back projector is the
+        PSF; a narrower one (an *unmatched* back projector, Guo et al. 2020,
+        Nat. Biotechnol. 38:1337) takes larger steps. Sum of VOI split and
+        merge, three default rounds, PSF 1.5 voxels, seeds 0 (64x256x256)
+        and 1-3 (the demo size): 1 with 60 iterations 0.266 / 0.279 / 0.383
+        / 0.268; 2/3 with 30 iterations 0.272 / 0.294 / 0.385 / 0.288, with
+        40 0.252 / 0.271 / 0.361 / 0.263, with 50 0.253 / 0.272 / 0.364 /
+        0.260. Narrower ones fit the noise: 1/3 with 30 iterations 0.53; no
+        back blur at all, 1.43 with 60. Below one voxel a Gaussian no longer
+        averages the per-voxel noise: with a PSF of 1 voxel (demo-size
+        samples, seeds 0-2) 2/3 with 40 iterations gave 0.117 / 0.115 /
+        0.130, the PSF with 60 0.102 / 0.103 / 0.114, and the PSF with 40
+        (what the floor gives there) 0.099 / 0.103 / 0.108 (session 23,
+        BENCHMARKS.md).
     contact_unmix_radius : int
         How far (voxels, per axis) a neuron's abundance may reach beyond its
         current label; the candidates of a contact voxel are the neurons
@@ -460,9 +466,13 @@ class SegmentConfig(StrictModel):
         return tuple(f * p for f, p in zip(self.contact_unmix_smoothing, psf))
 
     def contact_back_projector_voxels(self, voxel_size) -> Triple:
-        """The sigma (z, y, x) of the contact fit's back projector in voxels for ``voxel_size``."""
+        """The sigma (z, y, x) of the contact fit's back projector in voxels for ``voxel_size``.
+
+        ``contact_unmix_back_projector`` times the PSF's sigma on each axis, but
+        not below :data:`BACK_PROJECTOR_FLOOR` voxels, nor above the PSF's sigma.
+        """
         psf = self.sigma_voxels(voxel_size, "psf_sigma")
-        return tuple(self.contact_unmix_back_projector * p for p in psf)
+        return tuple(max(self.contact_unmix_back_projector * p, min(p, BACK_PROJECTOR_FLOOR)) for p in psf)
 
     def sigma_voxels(self, voxel_size, which: str = "sigma") -> Triple:
         """A sigma field (``sigma``, ``barcode_sigma`` or ``psf_sigma``) in voxels for ``voxel_size`` (z, y, x)."""

@@ -27,8 +27,9 @@ model back onto the abundances by the *back projector*. Classic
 Richardson-Lucy uses the PSF for both; a narrower back projector (Guo et al.
 2020, Nat. Biotechnol. 38:1337, "unmatched back projector") takes larger
 steps toward the same kind of fit. The pipeline's default, a Gaussian of 2/3
-of the PSF's sigma with 40 iterations, segments the sample seeds better than
-the matched one with 60 (``segment.SegmentConfig.contact_unmix_back_projector``).
+of the PSF's sigma (never below one voxel) with 40 iterations, segments the
+sample seeds better than the matched one with 60
+(``segment.SegmentConfig.contact_unmix_back_projector``).
 
 The abundances are stored sparsely: each voxel holds at most
 ``max_candidates`` (neuron, abundance) slots::

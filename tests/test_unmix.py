@@ -497,7 +497,10 @@ def test_unmix_settings_come_from_the_segment_config():
     assert settings.psf_sigma == tuple(config.sigma_voxels((0.4, 0.1, 0.1), "psf_sigma"))
     assert settings.smoothing == config.contact_smoothing_voxels((0.4, 0.1, 0.1))
     psf = config.sigma_voxels((0.4, 0.1, 0.1), "psf_sigma")
-    assert settings.back_projector == pytest.approx(tuple(p * 2 / 3 for p in psf))
+    assert settings.back_projector == pytest.approx(tuple(max(p * 2 / 3, min(p, 1.0)) for p in psf))
+    # 2/3 of the PSF, but not below one voxel unless the PSF is narrower
+    narrow = SegmentConfig(psf_sigma=(0.7, 1.2, 2.4)).contact_back_projector_voxels((1.0, 1.0, 1.0))
+    assert narrow == pytest.approx((0.7, 1.0, 1.6))
     matched = UnmixSettings.from_config(SegmentConfig(contact_unmix_back_projector=1), (0.4, 0.1, 0.1))
     assert matched.back_projector == pytest.approx(psf)
     for bad in (0, 1.5):
