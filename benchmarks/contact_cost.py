@@ -34,9 +34,11 @@ def _variants() -> dict:
     return {
         "cosine": {"contact_method": "cosine"},
         "unmix": {"contact_method": "unmix"},
+        # session 23's default: the early rounds fit as many iterations as the last
+        "unmix, early rounds in full": {"contact_method": "unmix", "contact_unmix_early_iterations": None},
         # the default until session 23: classic Richardson-Lucy (the PSF as back projector), 60 iterations
         "unmix, matched back projector": {"contact_method": "unmix", "contact_unmix_back_projector": 1.0,
-                                          "contact_unmix_iterations": 60},
+                                          "contact_unmix_iterations": 60, "contact_unmix_early_iterations": None},
         "unmix, full halo": {"contact_method": "unmix", "contact_halo": list(SegmentConfig().halo)},
         # the default until session 8: one round, argmax of the raw abundances, no growth
         "unmix, session 8": {"contact_method": "unmix", "contact_unmix_rounds": 1, "contact_unmix_radius": 2,

@@ -89,6 +89,7 @@ def make_plan(volume: Volume, config: SegmentConfig, stats: dict) -> FragmentPla
         unmix_grow=config.contact_unmix_grow,
         unmix_brightness=config.contact_unmix_brightness,
         unmix_back_projector=config.contact_back_projector_voxels(volume.voxel_size),
+        unmix_early_iterations=config.contact_unmix_early_iterations,
         threshold=float(stats["threshold"]),
         sigma=config.sigma_voxels(volume.voxel_size, "sigma"),
         barcode_sigma=config.sigma_voxels(volume.voxel_size, "barcode_sigma"),

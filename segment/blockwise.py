@@ -87,6 +87,8 @@ class FragmentPlan:
         How the unmixing pass turns abundances into labels (voxel sigmas or None, threshold or None, power).
     unmix_back_projector : (z, y, x) or None
         Sigma in voxels of the fit's back projector (None: ``psf_sigma``, classic Richardson-Lucy).
+    unmix_early_iterations : int or None
+        The fit's iterations in every round but the last (None: ``unmix_iterations``).
     threshold : float
         Foreground threshold on the smoothed normalised fill.
     sigma, barcode_sigma : (z, y, x)
@@ -140,6 +142,7 @@ class FragmentPlan:
     unmix_grow: float | None = None
     unmix_brightness: float = 0.0
     unmix_back_projector: tuple | None = None
+    unmix_early_iterations: int | None = None
 
     @property
     def uses_codebook(self) -> bool:
@@ -154,7 +157,8 @@ class FragmentPlan:
         return UnmixSettings(psf_sigma=tuple(self.psf_sigma), iterations=self.unmix_iterations,
                              radius=self.unmix_radius, background=self.unmix_background, rounds=self.unmix_rounds,
                              smoothing=self.unmix_smoothing, grow=self.unmix_grow, brightness=self.unmix_brightness,
-                             back_projector=self.unmix_back_projector)
+                             back_projector=self.unmix_back_projector,
+                             early_iterations=self.unmix_early_iterations)
 
     def to_params(self) -> dict:
         d = dict(self.__dict__)

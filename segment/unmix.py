@@ -1063,6 +1063,8 @@ class UnmixSettings:
         ``back_projector`` of :func:`unmix_abundances`.
     engine : {"auto", "xp"}
         Fused kernels (default) or array operations; the same labels.
+    early_iterations : int or None
+        ``iterations`` of every round but the last (None: ``iterations``).
     """
 
     psf_sigma: tuple
@@ -1075,6 +1077,13 @@ class UnmixSettings:
     brightness: float
     back_projector: tuple | None = None
     engine: str = "auto"
+    early_iterations: int | None = None
+
+    def iterations_of(self, round_index: int) -> int:
+        """The fit's iterations in round ``round_index`` (0 first) of ``rounds``."""
+        if round_index + 1 < self.rounds and self.early_iterations is not None:
+            return self.early_iterations
+        return self.iterations
 
     @classmethod
     def from_config(cls, config, voxel_size) -> "UnmixSettings":
@@ -1084,7 +1093,8 @@ class UnmixSettings:
                    background=config.contact_unmix_background, rounds=config.contact_unmix_rounds,
                    smoothing=config.contact_smoothing_voxels(voxel_size), grow=config.contact_unmix_grow,
                    brightness=config.contact_unmix_brightness,
-                   back_projector=tuple(config.contact_back_projector_voxels(voxel_size)))
+                   back_projector=tuple(config.contact_back_projector_voxels(voxel_size)),
+                   early_iterations=config.contact_unmix_early_iterations)
 
 
 def unmix_rounds(labels, observed, fallback, settings: UnmixSettings):
@@ -1095,7 +1105,8 @@ def unmix_rounds(labels, observed, fallback, settings: UnmixSettings):
     back to ``fallback``): each round's labels move the cores. Only the first
     round grows into unlabelled voxels; grown labels would otherwise seed more
     growth each round, reaching ever further from the labels (and from the
-    block's context).
+    block's context). Every round but the last fits ``settings.early_iterations``
+    (:meth:`UnmixSettings.iterations_of`): the next round decides again.
 
     Parameters
     ----------
@@ -1115,7 +1126,7 @@ def unmix_rounds(labels, observed, fallback, settings: UnmixSettings):
     for round_index in range(settings.rounds):
         barcodes = core_barcodes(refined, observed, fallback)
         refined = unmix_contacts(refined, observed, barcodes, psf_sigma=settings.psf_sigma,
-                                 iterations=settings.iterations, radius=settings.radius,
+                                 iterations=settings.iterations_of(round_index), radius=settings.radius,
                                  beta=settings.background, smoothing=settings.smoothing,
                                  grow_threshold=settings.grow if round_index == 0 else None,
                                  brightness_power=settings.brightness, back_projector=settings.back_projector,

@@ -80,9 +80,10 @@ def test_contact_cost_script_times_each_variant():
                           "16,64,64", "--repeats", "1"], cwd=repo, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [line for line in out.stdout.splitlines() if line.startswith(("| cosine", "| unmix"))]
-    assert len(rows) == 5 and rows[0].split("|")[5].strip() == "1.00"
-    assert [r.split("|")[1].strip() for r in rows] == ["cosine", "unmix", "unmix, matched back projector",
-                                                       "unmix, full halo", "unmix, session 8"]
+    assert len(rows) == 6 and rows[0].split("|")[5].strip() == "1.00"
+    assert [r.split("|")[1].strip() for r in rows] == ["cosine", "unmix", "unmix, early rounds in full",
+                                                       "unmix, matched back projector", "unmix, full halo",
+                                                       "unmix, session 8"]
 
 
 def test_contact_cost_script_times_the_variants_asked_for():

@@ -487,6 +487,38 @@ def test_unmix_rounds_decide_again_with_the_cores_of_the_last_round_and_grow_onc
     assert one[4, 4, 4] == 1 == truth[4, 4, 4]               # and gave the wrong voxel back
 
 
+def test_unmix_rounds_fit_every_round_but_the_last_for_early_iterations(monkeypatch):
+    import segment.unmix as unmix
+
+    truth, image, codes = _two_slabs(noise=0.05, seed=4)
+    labels = truth.copy()
+    labels[:, 5:7] = 0
+    settings = UnmixSettings(psf_sigma=PSF, iterations=20, radius=2, background=0.02, rounds=3,
+                             smoothing=(0.3, 0.6, 0.6), grow=0.05, brightness=0.25, early_iterations=6)
+    assert [settings.iterations_of(k) for k in range(3)] == [6, 6, 20]
+    by_hand = [labels]
+    for grow, iterations in ((0.05, 6), (None, 6), (None, 20)):
+        last = by_hand[-1]
+        by_hand.append(unmix_contacts(last, image, core_barcodes(last, image, codes), psf_sigma=PSF,
+                                      iterations=iterations, radius=2, beta=0.02, smoothing=(0.3, 0.6, 0.6),
+                                      grow_threshold=grow, brightness_power=0.25))
+    fitted = []
+    original = unmix.unmix_contacts
+
+    def recording(*args, **kwargs):
+        fitted.append(kwargs["iterations"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(unmix, "unmix_contacts", recording)
+    np.testing.assert_array_equal(unmix_rounds(labels, image, codes, settings), by_hand[3])
+    assert fitted == [6, 6, 20]
+    # a single round is the last one: it fits all its iterations
+    fitted.clear()
+    unmix_rounds(labels, image, codes, dataclasses.replace(settings, rounds=1))
+    unmix_rounds(labels, image, codes, dataclasses.replace(settings, rounds=2, early_iterations=None))
+    assert fitted == [20, 20, 20]
+
+
 def test_unmix_settings_come_from_the_segment_config():
     from segment import SegmentConfig
 
@@ -494,6 +526,11 @@ def test_unmix_settings_come_from_the_segment_config():
     settings = UnmixSettings.from_config(config, (0.4, 0.1, 0.1))
     assert settings.rounds == 2 and settings.grow is None
     assert settings.iterations == config.contact_unmix_iterations
+    assert settings.early_iterations == config.contact_unmix_early_iterations
+    assert UnmixSettings.from_config(SegmentConfig(contact_unmix_early_iterations=None),
+                                     (0.4, 0.1, 0.1)).iterations_of(0) == config.contact_unmix_iterations
+    with pytest.raises(ValueError, match="contact_unmix_early_iterations"):
+        SegmentConfig(contact_unmix_early_iterations=0)
     assert settings.psf_sigma == tuple(config.sigma_voxels((0.4, 0.1, 0.1), "psf_sigma"))
     assert settings.smoothing == config.contact_smoothing_voxels((0.4, 0.1, 0.1))
     psf = config.sigma_voxels((0.4, 0.1, 0.1), "psf_sigma")
