@@ -88,7 +88,7 @@ class FragmentPlan:
     unmix_back_projector : (z, y, x) or None
         Sigma in voxels of the fit's back projector (None: ``psf_sigma``, classic Richardson-Lucy).
     unmix_early_iterations : int or None
-        The fit's iterations in every round but the last (None: ``unmix_iterations``).
+        The fit's iterations in every round but the last, at most ``unmix_iterations`` (None: those).
     threshold : float
         Foreground threshold on the smoothed normalised fill.
     sigma, barcode_sigma : (z, y, x)

@@ -238,8 +238,9 @@ class SegmentConfig(StrictModel):
         radius 3 and background 0.02: seed 2 0.304 / 0.296 and seed 5
         0.296 / 0.286 with two / three rounds (session 9).
     contact_unmix_early_iterations : int or None
-        Iterations of the abundance fit in every round but the last (None:
-        ``contact_unmix_iterations`` in every round). An early round's labels
+        Iterations of the abundance fit in every round but the last, never
+        more than ``contact_unmix_iterations`` (None: that many in every
+        round). An early round's labels
         only seed the next round's core barcodes and candidates, and the next
         round decides every contact voxel again, so its fit need not go as
         far; the last round's decision is the result and needs all of

@@ -1064,7 +1064,8 @@ class UnmixSettings:
     engine : {"auto", "xp"}
         Fused kernels (default) or array operations; the same labels.
     early_iterations : int or None
-        ``iterations`` of every round but the last (None: ``iterations``).
+        ``iterations`` of every round but the last, never more than
+        ``iterations`` (None: ``iterations``).
     """
 
     psf_sigma: tuple
@@ -1082,7 +1083,7 @@ class UnmixSettings:
     def iterations_of(self, round_index: int) -> int:
         """The fit's iterations in round ``round_index`` (0 first) of ``rounds``."""
         if round_index + 1 < self.rounds and self.early_iterations is not None:
-            return self.early_iterations
+            return min(self.early_iterations, self.iterations)
         return self.iterations
 
     @classmethod

@@ -496,6 +496,8 @@ def test_unmix_rounds_fit_every_round_but_the_last_for_early_iterations(monkeypa
     settings = UnmixSettings(psf_sigma=PSF, iterations=20, radius=2, background=0.02, rounds=3,
                              smoothing=(0.3, 0.6, 0.6), grow=0.05, brightness=0.25, early_iterations=6)
     assert [settings.iterations_of(k) for k in range(3)] == [6, 6, 20]
+    # never more than the last round's: fewer iterations in all cut the early rounds too
+    assert dataclasses.replace(settings, iterations=4).iterations_of(0) == 4
     by_hand = [labels]
     for grow, iterations in ((0.05, 6), (None, 6), (None, 20)):
         last = by_hand[-1]
