@@ -240,10 +240,10 @@ class SegmentConfig(StrictModel):
     contact_unmix_early_iterations : int or None
         Iterations of the abundance fit in every round but the last, never
         more than ``contact_unmix_iterations`` (None: that many in every
-        round). An early round's labels
-        only seed the next round's core barcodes and candidates, and the next
-        round decides every contact voxel again, so its fit need not go as
-        far; the last round's decision is the result and needs all of
+        round). An early round's labels only seed the next round's core
+        barcodes and candidates, and the next round decides every contact
+        voxel again, so its fit need not go as far; the last round's
+        decision is the result and needs all of
         ``contact_unmix_iterations``. VOI split + merge, three rounds, 40
         iterations in the last, seeds 0 (64x256x256) and 1-3 (the demo size),
         whole pipeline runs (session 24): every round 40, 0.251 / 0.271 /
